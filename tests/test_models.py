@@ -1,0 +1,90 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax import models
+
+
+def test_parameter_counts_match_pytorch_original():
+  g = models.Generator().init(jax.random.key(0), jnp.zeros((1, 100)))
+  d = models.Discriminator().init(jax.random.key(0), jnp.zeros((1, 96, 96, 3)))
+  assert models.count_params(g["params"]) == 3_578_432
+  assert models.count_params(d["params"]) == 2_767_296
+  # BatchNorm running stats are not parameters (PyTorch buffers).
+  assert models.count_params(g["batch_stats"]) == 2 * (512 + 256 + 128 + 64)
+
+
+def _layer_shapes(module, variables, x):
+  _, state = module.apply(variables, x, capture_intermediates=True,
+                          mutable=["intermediates", "batch_stats"])
+  inter = state["intermediates"]
+  names = sorted(k for k in inter if k.startswith("conv"))
+  return [inter[k]["__call__"][0].shape for k in names]
+
+
+def test_layer_shapes():
+  g, d = models.Generator(), models.Discriminator()
+  z = jnp.zeros((2, 100))
+  gv = g.init(jax.random.key(0), z)
+  assert _layer_shapes(g, gv, z) == [
+      (2, 4, 4, 512), (2, 8, 8, 256), (2, 16, 16, 128), (2, 32, 32, 64), (2, 96, 96, 3)]
+  x = jnp.zeros((2, 96, 96, 3))
+  dv = d.init(jax.random.key(0), x)
+  assert _layer_shapes(d, dv, x) == [
+      (2, 32, 32, 64), (2, 16, 16, 128), (2, 8, 8, 256), (2, 4, 4, 512), (2, 1, 1, 1)]
+  assert d.apply(dv, x, train=False).shape == (2,)
+  out = g.apply(gv, z, train=False)
+  assert out.shape == (2, 96, 96, 3) and float(jnp.abs(out).max()) <= 1.0
+
+
+def test_init_distribution():
+  g = models.Generator().init(jax.random.key(0), jnp.zeros((1, 100)))["params"]
+  k = np.asarray(g["convt1"]["kernel"])
+  assert abs(k.std() - 0.02) < 1e-3 and abs(k.mean()) < 1e-3
+  s = np.asarray(g["bn1"]["scale"])
+  assert abs(s.mean() - 1.0) < 5e-3 and 0.01 < s.std() < 0.03
+  assert np.all(np.asarray(g["bn1"]["bias"]) == 0)
+
+
+@pytest.mark.parametrize("k,s,p,hw", [(4, 1, 0, 1), (4, 2, 1, 8), (5, 3, 1, 7)])
+def test_conv_transpose_matches_flax_and_its_gradients(k, s, p, hw):
+  x = jax.random.normal(jax.random.key(1), (2, hw, hw, 6))
+  ours = models.ConvTranspose(5, k, s, p)
+  ref = nn.ConvTranspose(5, (k, k), (s, s), padding=[(k - 1 - p, k - 1 - p)] * 2,
+                         use_bias=False, transpose_kernel=True)
+  v = ours.init(jax.random.key(2), x)
+  y, y_ref = ours.apply(v, x), ref.apply(v, x)
+  assert y.shape == (2, (hw - 1) * s - 2 * p + k, (hw - 1) * s - 2 * p + k, 5)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), y.shape)
+  loss = lambda m: lambda v, x: jnp.sum(m.apply(v, x) * w)
+  g = jax.grad(loss(ours), argnums=(0, 1))(v, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
+  np.testing.assert_allclose(g[0]["params"]["kernel"], g_ref[0]["params"]["kernel"],
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g[1], g_ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_matches_pytorch():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 6, 8, 8)).astype(np.float32)
+  wt = rng.standard_normal((6, 4, 5, 5)).astype(np.float32)  # (in, out, k, k)
+  y_t = torch.nn.functional.conv_transpose2d(
+      torch.from_numpy(x), torch.from_numpy(wt), stride=3, padding=1).numpy()
+  kernel = wt.transpose(2, 3, 1, 0)  # -> (k, k, out, in)
+  y = models.conv_transpose(jnp.asarray(x.transpose(0, 2, 3, 1)), kernel, 3, 1)
+  np.testing.assert_allclose(np.asarray(y).transpose(0, 3, 1, 2), y_t, atol=1e-4)
+
+
+def test_discriminator_bce_equals_sigmoid_bceloss():
+  from dcgan_jax import train
+  logits = np.array([-5.0, -2.0, 0.0, 3.0, 6.0])
+  p = 1 / (1 + np.exp(-logits))
+  np.testing.assert_allclose(train.bce(jnp.asarray(logits), 1.0), -np.mean(np.log(p)), rtol=1e-5)
+  np.testing.assert_allclose(train.bce(jnp.asarray(logits), 0.0), -np.mean(np.log(1 - p)),
+                             rtol=1e-5)
+  # Where BCELoss on a saturated sigmoid would give inf, the logit form stays exact.
+  np.testing.assert_allclose(train.bce(jnp.array([-200.0]), 1.0), 200.0, rtol=1e-6)
