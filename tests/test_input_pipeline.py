@@ -109,3 +109,14 @@ def test_real_faces(shared_faces):
   assert len(files) == 6000
   images = input_pipeline.load_images(files[:16], 96)
   assert images.shape == (16, 96, 96, 3) and 20 < images.mean() < 235
+
+
+def test_tfds_dataset_by_name():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=20):  # no download: random examples
+    inp = input_pipeline.create_input(tiny_config(dataset="tfds:mnist", batch_size=4))
+    b = next(inp.batches)
+  assert inp.num_examples == 20 and inp.steps_per_epoch == 5
+  assert b.shape == (4, 96, 96, 3) and b.dtype == np.float32   # 28x28x1 -> 96x96 RGB
+  assert -1.0 <= b.min() and b.max() <= 1.0
+  np.testing.assert_array_equal(b[..., 0], b[..., 2])
