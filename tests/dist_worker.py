@@ -1,0 +1,62 @@
+"""Subprocess side of tests/test_distributed.py (device counts are fixed at JAX start).
+
+    python tests/dist_worker.py steps OUT.npz
+        one process: the tiny model's state after each of 3 steps (D+G, D, D+G:
+        g_every=2) on a global batch of 32, for both wrappers, plus pmap with
+        per-device BatchNorm statistics.
+    python tests/dist_worker.py cluster OUT_PREFIX WORKDIR ADDR NPROC PID KIND
+        one process of a cluster: trains the tiny demo with train_and_evaluate
+        and saves the final state to OUT_PREFIX{PID}.npz.
+"""
+
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from conftest import tiny_config  # noqa: E402
+
+from dcgan_jax import input_pipeline, parallel, train  # noqa: E402
+
+
+def flat(state) -> dict:
+  """The state's arrays as {path: numpy array}."""
+  leaves = jax.tree_util.tree_leaves_with_path(
+      (state.step, state.g.params, state.g.batch_stats, state.d.params,
+       state.d.batch_stats, state.g.opt_state, state.d.opt_state))
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def steps(out: str):
+  config = tiny_config(batch_size=32, g_every=2)
+  init = train.create_train_state(config, jax.random.PRNGKey(0))
+  batches = input_pipeline.create_input(config).batches
+  batches = [next(batches) for _ in range(3)]
+  result = {}
+  for kind, sync in (("pmap", True), ("shard_map", True), ("pmap", False)):
+    g, d = train.make_models(config, parallel.AXIS if sync else None)
+    runner = parallel.make_runner(
+        functools.partial(train.train_step, generator=g, discriminator=d,
+                          nz=config.nz), kind)
+    state = runner.put_state(init)
+    for i, batch in enumerate(batches):
+      state, _ = runner.step(state, runner.put_batch(batch), i % config.d_every == 0,
+                             i % config.g_every == 0)
+      name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
+      result.update({f"{name}/{k}": v for k, v in flat(runner.get(state)).items()})
+  np.savez(out, **result)
+
+
+def cluster(prefix: str, workdir: str, addr: str, nproc: str, pid: str, kind: str):
+  assert parallel.initialize_distributed("auto", addr, int(nproc), int(pid))
+  assert jax.process_count() == int(nproc)
+  config = tiny_config(parallel=kind, num_train_steps=4, plot_every=4)
+  state = train.train_and_evaluate(config, workdir)
+  np.savez(f"{prefix}{pid}.npz", **flat(state),
+           devices=np.array([jax.device_count(), jax.local_device_count()]))
+
+
+if __name__ == "__main__":
+  {"steps": steps, "cluster": cluster}[sys.argv[1]](*sys.argv[2:])

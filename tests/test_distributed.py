@@ -1,0 +1,138 @@
+"""Data parallelism over devices and hosts (issue 4).
+
+Device counts are fixed when JAX starts, so every run here is a subprocess of
+tests/dist_worker.py: 1 vs 8 forced CPU devices for the step equivalence, and
+a real 2-process cluster on 127.0.0.1 (JAX's distributed runtime, gloo CPU
+collectives) for multi-host training.
+"""
+
+import concurrent.futures
+import functools
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+WORKER = os.path.join(ROOT, "tests", "dist_worker.py")
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
+
+
+def _start(args, devices: int) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, WORKER, *map(str, args)], cwd=ROOT,
+                          env=_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, _ = proc.communicate()
+    pytest.fail(f"{proc.args} timed out:\n{out[-3000:]}")
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+@functools.cache
+def _steps(tmp: str) -> tuple[dict, dict]:
+  """The 1-device and 8-device runs of ``dist_worker.py steps``, side by side."""
+  paths = {n: os.path.join(tmp, f"steps{n}.npz") for n in (1, 8)}
+  procs = {n: _start(["steps", p], n) for n, p in paths.items()}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(_finish, procs.values()))
+  return tuple(dict(np.load(paths[n])) for n in (1, 8))
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+  return _steps(str(tmp_path_factory.mktemp("steps")))
+
+
+def _max_diff(a: dict, b: dict, prefix_a: str, prefix_b: str | None = None) -> float:
+  keys = [k for k in a if k.startswith(prefix_a)]
+  assert keys, prefix_a
+  return max(float(np.abs(a[k].astype(np.float64) -
+                          b[k.replace(prefix_a, prefix_b or prefix_a, 1)]).max())
+             for k in keys)
+
+
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+@pytest.mark.parametrize("step", [1, 2, 3])
+def test_8_devices_match_1_device(steps, kind, step):
+  """Same new state (params, BN statistics, Adam moments) on 1 and 8 devices.
+
+  Global batch 32 (4 per device on 8), g_every=2: steps 1 and 3 update D and
+  G, step 2 only D. With global BatchNorm statistics and pmean'd per-replica
+  gradients the device count must not matter beyond float rounding.
+  """
+  one, eight = steps
+  prefix = f"{kind}/{step}/"
+  assert int(one[prefix + "[0]"]) == int(eight[prefix + "[0]"]) == step
+  assert _max_diff(one, eight, prefix) < 2e-6
+
+
+def test_the_compared_states_differ_from_step_to_step(steps):
+  one, _ = steps
+  assert _max_diff(one, one, "pmap/1/", "pmap/2/") > 1e-4
+  assert _max_diff(one, one, "pmap/2/", "pmap/3/") > 1e-4
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_shard_map_matches_pmap(steps, devices):
+  run = steps[devices == 8]
+  for step in (1, 2, 3):
+    assert _max_diff(run, run, f"shard_map/{step}/", f"pmap/{step}/") < 1e-6
+
+
+def test_per_device_batch_stats_depend_on_the_device_count(steps):
+  """sync_batch_stats=False: per-device statistics, by design not equal."""
+  one, eight = steps
+  # On one device per-device statistics are the global ones...
+  assert _max_diff(one, one, "pmap_nosync/1/", "pmap/1/") < 2e-6
+  # ...on 8 devices of 4 images each they are not, and training differs.
+  assert _max_diff(eight, eight, "pmap_nosync/1/", "pmap/1/") > 1e-3
+  assert _max_diff(one, eight, "pmap_nosync/1/") > 1e-3
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _cluster(tmp_path, kind: str, processes: int = 2, devices: int = 2):
+  """Trains the tiny demo on a local cluster; returns each process's state."""
+  addr = f"127.0.0.1:{_free_port()}"
+  prefix = tmp_path / "state"
+  procs = [_start(["cluster", prefix, tmp_path / f"work{i}", addr, processes, i, kind],
+                  devices) for i in range(processes)]
+  with concurrent.futures.ThreadPoolExecutor(processes) as pool:
+    list(pool.map(_finish, procs))
+  return [dict(np.load(f"{prefix}{i}.npz")) for i in range(processes)]
+
+
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_two_process_cluster_trains_to_identical_states(tmp_path, kind):
+  """2 processes x 2 CPU devices, one distinct data shard per process."""
+  p0, p1 = _cluster(tmp_path, kind)
+  assert list(p0["devices"]) == list(p1["devices"]) == [4, 2]
+  assert int(p0["[0]"]) == int(p1["[0]"]) == 4
+  assert set(p0) == set(p1)
+  for k in p0:
+    np.testing.assert_allclose(p0[k], p1[k], rtol=0, atol=1e-6, err_msg=k)
+  # Only process 0 writes summaries and sample grids.
+  assert (tmp_path / "work0" / "samples" / "samples_0000004.png").exists()
+  work1 = tmp_path / "work1"
+  assert not work1.exists() or not any(
+      n.startswith("events") or n == "samples" for n in os.listdir(work1))
