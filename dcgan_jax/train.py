@@ -30,7 +30,7 @@ from clu import metrics
 from flax import struct
 from jax import lax
 
-from dcgan_jax import input_pipeline, models, parallel, sampling
+from dcgan_jax import checkpoints, input_pipeline, models, parallel, preemption, sampling
 
 
 class NetState(struct.PyTreeNode):
@@ -241,19 +241,25 @@ def train_and_evaluate(config, workdir: str) -> GANState:
 
   Args:
     config: an ml_collections ConfigDict (see configs/anime.py).
-    workdir: where TensorBoard events and sample grids go.
+    workdir: where TensorBoard events, sample grids and checkpoints go. A
+      workdir holding checkpoints is resumed from the latest one.
 
   Returns:
-    The final (unreplicated) training state.
+    The final (unreplicated) training state. On SIGTERM/SIGINT, the state
+    saved at the step where training stopped.
   """
   from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
 
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  ckpts = checkpoints.Checkpoints(f"{workdir}/{checkpoints.CHECKPOINT_DIR}",
+                                  max_to_keep=config.max_to_keep)
+  state = checkpoints.restore_or_init(ckpts, state, config)
   start = int(state.step)
   inp = input_pipeline.create_input(config, start_step=start)
   total = num_train_steps(config, inp.steps_per_epoch)
+  save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
   logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
                inp.description, inp.steps_per_epoch, start, total, jax.device_count())
   logging.info("Process %d of %d, %d local device(s), wrapper %s.", jax.process_index(),
@@ -275,6 +281,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
+  stop = preemption.StopSignal().install()
 
   for step in range(start, total):
     host_batch, batch = next(batches)
@@ -298,5 +305,17 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     if is_chief and (done % config.plot_every == 0 or done == total):
       _write_grids(writer, workdir, done, sampler, runner.get(pstate),
                    fixed_z, host_batch)
+    # Hosts agree on stopping where they sync anyway (the logging steps).
+    stopping = stop.should_stop(sync=done % config.log_every == 0)
+    if done % save_every == 0 or done == total or stopping:
+      path = ckpts.save(runner.get(pstate), config)
+      logging.info("Saving checkpoint of step %d to %s.", done, path)
+    if stopping:
+      ckpts.wait()
+      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
+                      "the same workdir to resume.", stop.name or "another host", done, path)
+      break
+  stop.uninstall()
+  ckpts.close()
   writer.flush()
   return runner.get(pstate)
