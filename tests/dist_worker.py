@@ -5,8 +5,12 @@
         g_every=2) on a global batch of 32, for both wrappers, plus pmap with
         per-device BatchNorm statistics.
     python tests/dist_worker.py cluster OUT_PREFIX WORKDIR ADDR NPROC PID KIND
-        one process of a cluster: trains the tiny demo with train_and_evaluate
-        and saves the final state to OUT_PREFIX{PID}.npz.
+        one process of a cluster: trains the tiny demo for 4 steps with
+        train_and_evaluate (checkpoint at step 4 in WORKDIR) and saves the
+        final state to OUT_PREFIX{PID}.npz.
+    python tests/dist_worker.py resume OUT.npz WORKDIR KIND
+        one process: the state restored from WORKDIR's latest checkpoint
+        ('restored/...') and after resuming training to step 6 ('resumed/...').
 """
 
 import functools
@@ -52,11 +56,26 @@ def steps(out: str):
 def cluster(prefix: str, workdir: str, addr: str, nproc: str, pid: str, kind: str):
   assert parallel.initialize_distributed("auto", addr, int(nproc), int(pid))
   assert jax.process_count() == int(nproc)
-  config = tiny_config(parallel=kind, num_train_steps=4, plot_every=4)
-  state = train.train_and_evaluate(config, workdir)
+  state = train.train_and_evaluate(_cluster_config(kind, 4), workdir)
   np.savez(f"{prefix}{pid}.npz", **flat(state),
            devices=np.array([jax.device_count(), jax.local_device_count()]))
 
 
+def _cluster_config(kind: str, steps: int):
+  return tiny_config(parallel=kind, num_train_steps=steps, plot_every=4)
+
+
+def resume(out: str, workdir: str, kind: str):
+  from dcgan_jax import checkpoints  # noqa: PLC0415
+  config = _cluster_config(kind, 6)
+  ckpts = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
+                                  read_only=True)
+  restored = ckpts.restore(train.create_train_state(config, jax.random.PRNGKey(0)))
+  ckpts.close()
+  resumed = train.train_and_evaluate(config, workdir)
+  np.savez(out, **{f"restored/{k}": v for k, v in flat(restored).items()},
+           **{f"resumed/{k}": v for k, v in flat(resumed).items()})
+
+
 if __name__ == "__main__":
-  {"steps": steps, "cluster": cluster}[sys.argv[1]](*sys.argv[2:])
+  {"steps": steps, "cluster": cluster, "resume": resume}[sys.argv[1]](*sys.argv[2:])

@@ -115,24 +115,40 @@ def _cluster(tmp_path, kind: str, processes: int = 2, devices: int = 2):
   """Trains the tiny demo on a local cluster; returns each process's state."""
   addr = f"127.0.0.1:{_free_port()}"
   prefix = tmp_path / "state"
-  procs = [_start(["cluster", prefix, tmp_path / f"work{i}", addr, processes, i, kind],
+  procs = [_start(["cluster", prefix, tmp_path / "work", addr, processes, i, kind],
                   devices) for i in range(processes)]
   with concurrent.futures.ThreadPoolExecutor(processes) as pool:
     list(pool.map(_finish, procs))
   return [dict(np.load(f"{prefix}{i}.npz")) for i in range(processes)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
-def test_two_process_cluster_trains_to_identical_states(tmp_path, kind):
-  """2 processes x 2 CPU devices, one distinct data shard per process."""
+def test_two_process_cluster_trains_identically_and_resumes_in_one(tmp_path, kind):
+  """2 processes x 2 CPU devices, each reading its own data shard, 4 steps.
+
+  Then one process on one device resumes the run from its checkpoint.
+  """
   p0, p1 = _cluster(tmp_path, kind)
   assert list(p0["devices"]) == list(p1["devices"]) == [4, 2]
   assert int(p0["[0]"]) == int(p1["[0]"]) == 4
   assert set(p0) == set(p1)
   for k in p0:
-    np.testing.assert_allclose(p0[k], p1[k], rtol=0, atol=1e-6, err_msg=k)
-  # Only process 0 writes summaries and sample grids.
-  assert (tmp_path / "work0" / "samples" / "samples_0000004.png").exists()
-  work1 = tmp_path / "work1"
-  assert not work1.exists() or not any(
-      n.startswith("events") or n == "samples" for n in os.listdir(work1))
+    np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+  # Only process 0 writes summaries and sample grids (both share the workdir).
+  work = tmp_path / "work"
+  assert len([n for n in os.listdir(work) if n.startswith("events")]) == 1
+  assert sorted(os.listdir(work / "samples")) == ["real_0000004.png", "samples_0000004.png"]
+  assert sorted(os.listdir(work / "checkpoints")) == ["4"]
+
+  # The checkpoint the cluster wrote restores in a single process and training
+  # continues from step 4 to step 6.
+  out = tmp_path / "resume.npz"
+  _finish(_start(["resume", out, work, kind], 1))
+  r = dict(np.load(out))
+  for k in p0:
+    if k != "devices":
+      np.testing.assert_array_equal(r[f"restored/{k}"], p0[k], err_msg=k)
+  assert int(r["resumed/[0]"]) == 6
+  assert _max_diff(r, r, "resumed/", "restored/") > 1e-4
+  assert sorted(os.listdir(work / "checkpoints")) == ["4", "6"]
