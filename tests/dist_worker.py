@@ -2,8 +2,8 @@
 
     python tests/dist_worker.py steps OUT.npz
         one process: the tiny model's state after each of 3 steps (D+G, D, D+G:
-        g_every=2) on a global batch of 32, for both wrappers, plus pmap with
-        per-device BatchNorm statistics.
+        g_every=2) on a global batch of 32, for both wrappers, plus one pmap
+        step with per-device BatchNorm statistics.
     python tests/dist_worker.py cluster OUT_PREFIX WORKDIR ADDR NPROC PID KIND
         one process of a cluster: trains the tiny demo for 4 steps with
         train_and_evaluate (checkpoint at step 4 in WORKDIR) and saves the
@@ -45,7 +45,8 @@ def steps(out: str):
         functools.partial(train.train_step, generator=g, discriminator=d,
                           nz=config.nz), kind)
     state = runner.put_state(init)
-    for i, batch in enumerate(batches):
+    # Per-device statistics: one step shows the difference.
+    for i, batch in enumerate(batches if sync else batches[:1]):
       state, _ = runner.step(state, runner.put_batch(batch), i % config.d_every == 0,
                              i % config.g_every == 0)
       name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
