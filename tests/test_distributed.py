@@ -152,3 +152,25 @@ def test_two_process_cluster_trains_identically_and_resumes_in_one(tmp_path, kin
   assert int(r["resumed/[0]"]) == 6
   assert _max_diff(r, r, "resumed/", "restored/") > 1e-4
   assert sorted(os.listdir(work / "checkpoints")) == ["4", "6"]
+
+
+def test_initialize_distributed_only_when_asked_or_on_a_cluster(monkeypatch):
+  from dcgan_jax import parallel
+  for var in ("SLURM_JOB_ID", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    monkeypatch.delenv(var, raising=False)
+  calls = []
+  monkeypatch.setattr(parallel.jax.distributed, "initialize",
+                      lambda **kw: calls.append(kw))
+  assert not parallel.initialize_distributed("auto")  # a plain single machine
+  assert not parallel.initialize_distributed("off", "127.0.0.1:1", 2, 0)
+  assert calls == []
+  assert parallel.initialize_distributed("auto", "127.0.0.1:1234", 2, 1)
+  assert calls[-1] == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2,
+                       "process_id": 1}
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "16")
+  assert parallel.initialize_distributed("auto")  # SLURM: JAX fills in the rest
+  assert calls[-1] == {"coordinator_address": None, "num_processes": None,
+                       "process_id": None}
+  with pytest.raises(ValueError, match="--distributed='yes'"):
+    parallel.initialize_distributed("yes")
