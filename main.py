@@ -3,7 +3,7 @@
     python main.py --config configs/anime.py --workdir runs/anime \
         [--mode=train|generate|interpolate] [--config.KEY=VALUE ...]
 
-On a cluster, start one process per host (see README, "Multi-host"):
+On a cluster, start one process per host (README: "Many devices, many hosts"):
 TPU pods, SLURM and Open MPI are detected; elsewhere pass
 --coordinator_address, --num_processes and --process_id.
 """
