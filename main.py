@@ -2,12 +2,17 @@
 
     python main.py --config configs/anime.py --workdir runs/anime \
         [--mode=train|generate|interpolate] [--config.KEY=VALUE ...]
+
+On a cluster, start one process per host (README: "Many devices, many hosts"):
+TPU pods, SLURM and Open MPI are detected; elsewhere pass
+--coordinator_address, --num_processes and --process_id.
 """
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dcgan_jax import train
+from dcgan_jax import parallel, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
@@ -17,11 +22,22 @@ flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate"],
                   "train (resumes from WORKDIR's checkpoints), or write WORKDIR/result.png "
                   "(generate) / WORKDIR/interpolate.png from the trained model.")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_enum("distributed", "auto", parallel.DISTRIBUTED_MODES,
+                  "jax.distributed.initialize(): 'auto' when the flags below are "
+                  "given or a TPU pod / SLURM / Open MPI job is detected.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0 (multi-host runs outside TPU/SLURM).")
+flags.DEFINE_integer("num_processes", None, "Processes (hosts) in the job.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if parallel.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
+                                     FLAGS.num_processes, FLAGS.process_id):
+    logging.info("Distributed: process %d of %d.", jax.process_index(),
+                 jax.process_count())
   logging.info("Config:\n%s", FLAGS.config)
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.ndf = 64
   c.dtype = "float32"          # computation dtype: float32 | bfloat16
   c.sync_batch_stats = True    # BatchNorm over the global batch, not per device
+  c.parallel = "pmap"          # data-parallel wrapper: pmap | shard_map
 
   # Optimisation (Adam for both nets).
   c.batch_size = 256           # global batch, split over all devices

@@ -24,7 +24,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from clu import metrics
@@ -263,29 +262,32 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
   logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
                inp.description, inp.steps_per_epoch, start, total, jax.device_count())
+  logging.info("Process %d of %d, %d local device(s), wrapper %s.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), config.get("parallel", "pmap"))
 
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
   sampler = make_models(config)[0]
-  p_step = parallel.pmap_step(
+  runner = parallel.make_runner(
       functools.partial(train_step, generator=generator,
                         discriminator=discriminator, nz=config.nz),
-      static_argnums=(2, 3))
+      config.get("parallel", "pmap"))
   fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
                               (config.num_plot, config.nz))
-  pstate = parallel.replicate(state)
+  pstate = runner.put_state(state)
   del state
-  batches = _prefetch(parallel.shard(b) for b in inp.batches)
+  # (host batch, device batch): the host copy feeds the grid of real images.
+  batches = _prefetch((b, runner.put_batch(b)) for b in inp.batches)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
   stop = preemption.StopSignal().install()
 
   for step in range(start, total):
-    batch = next(batches)
-    pstate, out = p_step(pstate, batch, step % config.d_every == 0,
-                         step % config.g_every == 0)
-    for k, m in parallel.unreplicate(out).items():
+    host_batch, batch = next(batches)
+    pstate, out = runner.step(pstate, batch, step % config.d_every == 0,
+                              step % config.g_every == 0)
+    for k, m in runner.get(out).items():
       acc[k] = m if k not in acc else acc[k].merge(m)
     done = step + 1
     if t_log is None:  # the first step includes compilation: time from here
@@ -301,12 +303,12 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       t_log, n_log = now, done
       writer.write_scalars(done, scalars)
     if is_chief and (done % config.plot_every == 0 or done == total):
-      _write_grids(writer, workdir, done, sampler, parallel.unreplicate(pstate),
-                   fixed_z, np.asarray(batch).reshape(-1, *batch.shape[2:]))
+      _write_grids(writer, workdir, done, sampler, runner.get(pstate),
+                   fixed_z, host_batch)
     # Hosts agree on stopping where they sync anyway (the logging steps).
     stopping = stop.should_stop(sync=done % config.log_every == 0)
     if done % save_every == 0 or done == total or stopping:
-      path = ckpts.save(parallel.unreplicate(pstate), config)
+      path = ckpts.save(runner.get(pstate), config)
       logging.info("Saving checkpoint of step %d to %s.", done, path)
     if stopping:
       ckpts.wait()
@@ -316,4 +318,4 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   stop.uninstall()
   ckpts.close()
   writer.flush()
-  return parallel.unreplicate(pstate)
+  return runner.get(pstate)

@@ -1,0 +1,62 @@
+"""Train-step time at a fixed global batch, on however many devices JAX sees.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
+        python bench/dist_step_time.py --parallel=pmap --batch=64 --width=32
+
+Forced host devices split the same CPU cores, so on CPU this measures the
+overhead of the data-parallel wrappers (collectives, smaller per-device
+convolutions), not a speed-up.
+"""
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import demo  # noqa: E402
+from dcgan_jax import parallel, train  # noqa: E402
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--parallel", default="pmap", choices=parallel.WRAPPERS)
+  ap.add_argument("--batch", type=int, default=64, help="global batch")
+  ap.add_argument("--width", type=int, default=32, help="ngf = ndf")
+  ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-ups)")
+  args = ap.parse_args()
+  config = demo.get_config()
+  config.batch_size, config.ngf, config.ndf = args.batch, args.width, args.width
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  g, d = train.make_models(config, parallel.AXIS)
+  runner = parallel.make_runner(
+      functools.partial(train.train_step, generator=g, discriminator=d, nz=config.nz),
+      args.parallel)
+  batch = np.random.default_rng(0).uniform(
+      -1, 1, (args.batch, config.image_size, config.image_size, 3)).astype(np.float32)
+  s = runner.put_state(state)
+  dev_batch = runner.put_batch(batch)
+  # Two warm-up steps: pmap compiles again for the state it returned itself
+  # (a sharding differing from replicate's), shard_map does not.
+  for _ in range(2):
+    s, _ = runner.step(s, dev_batch, True, True)
+    jax.block_until_ready(s)
+  t, c = time.perf_counter(), time.process_time()
+  for _ in range(args.steps):
+    s, _ = runner.step(s, dev_batch, True, True)
+  jax.block_until_ready(s)
+  dt = (time.perf_counter() - t) / args.steps
+  # CPU seconds per step (all threads): comparable even on a shared machine.
+  cpu = (time.process_time() - c) / args.steps
+  print(f"{args.parallel} devices={jax.device_count()} global_batch={args.batch} "
+        f"width={args.width}: {dt * 1e3:.0f} ms/step wall, {cpu:.2f} CPU s/step, "
+        f"{args.batch / dt:.1f} img/s")
+
+
+if __name__ == "__main__":
+  main()
