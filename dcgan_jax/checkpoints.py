@@ -66,7 +66,9 @@ class Checkpoints:
                                           item_names=("state", "config"))
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps(read=True))
+    """The complete checkpoints' steps, as on disk now."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
@@ -187,13 +189,21 @@ def restore_or_init(ckpts: Checkpoints, state, config):
   else ``config.init_from``'s checkpoint if set, else ``state`` (fresh).
 
   Args:
-    ckpts: the run's own checkpoints.
+    ckpts: the run's own checkpoints (closed here if restoring fails).
     state: a freshly created state (the template).
     config: the run's config (init_from, model sizes).
 
   Returns:
     The state to train from (unreplicated).
   """
+  try:
+    return _restore_or_init(ckpts, state, config)
+  except BaseException:
+    ckpts.close()  # no orbax threads left behind by a failed start
+    raise
+
+
+def _restore_or_init(ckpts: Checkpoints, state, config):
   if (step := ckpts.latest_step()) is not None:
     check_config(ckpts.config(step), config, ckpts.step_path(step))
     state = ckpts.restore(state, step)
