@@ -59,6 +59,8 @@ class GANState(struct.PyTreeNode):
   rng: jax.Array    # uint32[2]: the run's base key; noise is fold_in(rng, step)
   g: NetState
   d: NetState
+  # EMA of G's {'params', 'batch_stats'} (config.ema_decay > 0), else None.
+  ema: Any = None
 
 
 # (No `from __future__ import annotations` here: clu reads these annotations.)
@@ -114,8 +116,28 @@ def create_train_state(config, rng) -> GANState:
     return NetState(variables["params"], variables["batch_stats"],
                     tx.init(variables["params"]), tx)
 
+  ema = None
+  if config.ema_decay > 0:
+    ema = jax.tree_util.tree_map(jnp.array, dict(g_vars))  # a copy, not an alias
   return GANState(step=jnp.zeros((), jnp.int32), rng=knoise,
-                  g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d))
+                  g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d), ema=ema)
+
+
+def update_ema(ema, variables, decay: float, step):
+  """One EMA update towards G's ``variables`` after ``step`` + 1 iterations.
+
+  The decay ramps up as TF's ExponentialMovingAverage with ``num_updates``
+  (``min(decay, (1 + n) / (10 + n))``) so short runs are not dominated by
+  the initial weights.
+  """
+  n = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  return jax.tree_util.tree_map(lambda e, v: d * e + (1.0 - d) * v, ema, variables)
+
+
+def sampling_variables(state: GANState):
+  """G's variables for samples, generate and evaluation: the EMA when kept."""
+  return state.ema if state.ema is not None else state.g.variables
 
 
 def bce(logits, target: float):
@@ -125,7 +147,8 @@ def bce(logits, target: float):
 
 
 def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
-               discriminator, nz: int, axis_name: str = parallel.AXIS):
+               discriminator, nz: int, axis_name: str = parallel.AXIS,
+               ema_decay: float = 0.0):
   """One GAN iteration on this replica's share of the batch.
 
   Args:
@@ -137,6 +160,7 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
     discriminator: the D module.
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
+    ema_decay: if > 0, ``state.ema`` follows G's new variables (``update_ema``).
 
   Returns:
     (new state, {'d': DMetrics, 'g': GMetrics}) with the metrics of the
@@ -198,7 +222,11 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
   # so every replica holds the same state (a no-op when they are synchronised).
   g = g.replace(batch_stats=mean(g.batch_stats))
   d = d.replace(batch_stats=mean(d.batch_stats))
-  return state.replace(step=state.step + 1, g=g, d=d), out
+  ema = state.ema
+  if ema_decay > 0:
+    ema = update_ema(ema, {"params": g.params, "batch_stats": g.batch_stats},
+                     ema_decay, state.step)
+  return state.replace(step=state.step + 1, g=g, d=d, ema=ema), out
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -229,12 +257,39 @@ def _prefetch(it: Iterator, size: int = 2) -> Iterator:
 
 def _write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real):
   """Sample grid from the fixed noise and a grid of real images: TB + PNG."""
-  fake = sampling.sample(generator, state.g.variables, fixed_z)
+  fake = sampling.sample(generator, sampling_variables(state), fixed_z)
   grids = {"samples": sampling.make_grid(fake),
            "real": sampling.make_grid(real[: len(fixed_z)])}
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
   sampling.save_png(f"{workdir}/samples/samples_{step:07d}.png", grids["samples"])
   sampling.save_png(f"{workdir}/samples/real_{step:07d}.png", grids["real"])
+
+
+def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
+  """FID/KID of G's sampling variables (the EMA when kept) and, with EMA, of G itself.
+
+  Returns:
+    ({'fid', 'kid'[, 'fid_no_ema', 'kid_no_ema']}, {tag: uint8 samples}) with
+    tag '' for the sampling variables and '_no_ema' for G without EMA.
+  """
+  runs = [("", sampling_variables(state))]
+  if state.ema is not None:
+    runs.append(("_no_ema", state.g.variables))
+  scores, samples = {}, {}
+  for tag, variables in runs:
+    m, images = evaluator.score_generator(generator, variables)
+    scores.update({k + tag: v for k, v in m.items()})
+    samples[tag] = images
+  return scores, samples
+
+
+def _write_fid(writer, evaluator, step: int, generator, state) -> dict:
+  t = time.perf_counter()
+  scores, _ = score_state(evaluator, generator, state)
+  writer.write_scalars(step, scores)
+  logging.info("Step %d: %s (%.0f s)", step,
+               ", ".join(f"{k}={v:.4g}" for k, v in scores.items()), time.perf_counter() - t)
+  return scores
 
 
 def train_and_evaluate(config, workdir: str) -> GANState:
@@ -263,12 +318,17 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   sampler = make_models(config)[0]
   p_step = parallel.pmap_step(
       functools.partial(train_step, generator=generator,
-                        discriminator=discriminator, nz=config.nz),
+                        discriminator=discriminator, nz=config.nz,
+                        ema_decay=config.ema_decay),
       static_argnums=(2, 3))
   fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
                               (config.num_plot, config.nz))
   pstate = parallel.replicate(state)
   del state
+  evaluator = None
+  if is_chief and config.fid.eval_every > 0:
+    from dcgan_jax import fid  # noqa: PLC0415
+    evaluator = fid.Evaluator.create(config, workdir)
   batches = _prefetch(parallel.shard(b) for b in inp.batches)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
@@ -296,5 +356,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     if is_chief and (done % config.plot_every == 0 or done == total):
       _write_grids(writer, workdir, done, sampler, parallel.unreplicate(pstate),
                    fixed_z, np.asarray(batch).reshape(-1, *batch.shape[2:]))
+    if evaluator is not None and (done % config.fid.eval_every == 0 or done == total):
+      _write_fid(writer, evaluator, done, sampler, parallel.unreplicate(pstate))
   writer.flush()
   return parallel.unreplicate(pstate)
