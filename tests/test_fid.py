@@ -288,3 +288,33 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
   config.fid.num_ref = 3  # another reference set, another cache file
   fid.Evaluator(config, str(tmp_path), _random_params(), str(weights)).reference_features()
   assert len(list((tmp_path / "fid_ref").glob("*.npz"))) == 2
+
+
+# --- Generator EMA ------------------------------------------------------------------
+
+def test_ema_follows_g_with_the_ramped_decay():
+  from dcgan_jax import input_pipeline, parallel, train
+  config = tiny_config(ema_decay=0.999)
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  _assert_same_tree(state.ema, state.g.variables)
+  g, d = train.make_models(config, parallel.AXIS)
+  step = parallel.pmap_step(functools.partial(
+      train.train_step, generator=g, discriminator=d, nz=config.nz,
+      ema_decay=config.ema_decay), static_argnums=(2, 3))
+  batch = parallel.shard(next(input_pipeline.create_input(config).batches))
+  s1 = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
+  s2 = parallel.unreplicate(step(parallel.replicate(s1), batch, True, True)[0])
+  # Step n (0-based) uses decay min(0.999, (1 + n) / (10 + n)): 0.1, then 2/11.
+  for prev, cur, decay in ((state, s1, 0.1), (s1, s2, 2 / 11)):
+    expect = jax.tree_util.tree_map(lambda e, v, d=decay: d * e + (1 - d) * v,
+                                    prev.ema, cur.g.variables)
+    for x, y in zip(jax.tree_util.tree_leaves(cur.ema), jax.tree_util.tree_leaves(expect),
+                    strict=True):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  assert train.sampling_variables(s2) is s2.ema
+  diff = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree_util.tree_leaves(s2.ema["params"]),
+      jax.tree_util.tree_leaves(s2.g.params), strict=True))
+  assert diff > 0
+  off = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
+  assert off.ema is None and train.sampling_variables(off) is not None
