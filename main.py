@@ -2,6 +2,7 @@
 
     python main.py --config configs/anime.py --workdir runs/anime \
         [--config.KEY=VALUE ...]
+    python main.py --mode=eval --config configs/anime.py --workdir runs/anime
 """
 
 from absl import app, flags, logging
@@ -11,6 +12,8 @@ from dcgan_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train, or eval: FID/KID of the latest checkpoint (fid=/kid= lines).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -20,6 +23,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.info("Config:\n%s", FLAGS.config)
+  if FLAGS.mode == "eval":
+    from dcgan_jax import evaluate  # noqa: PLC0415
+    evaluate.main(FLAGS.config, FLAGS.workdir)
+    return
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
