@@ -318,3 +318,40 @@ def test_ema_follows_g_with_the_ramped_decay():
   assert diff > 0
   off = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
   assert off.ema is None and train.sampling_variables(off) is not None
+
+
+# --- Evaluation end to end (stand-in weights file) ------------------------------------
+
+@pytest.fixture(scope="module")
+def stand_in_weights(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("weights") / "pt_inception-stand-in.pth")
+  torch_archive.save_state_dict(path, _torchvision_state(_random_params()))
+  return path
+
+
+def _eval_config(weights, **overrides):
+  config = tiny_config(**overrides)
+  config.fid.weights = weights
+  config.fid.batch = BATCH
+  config.fid.num_samples = BATCH
+  config.fid.num_ref = BATCH
+  return config
+
+
+def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_weights):
+  from dcgan_jax import evaluate, train
+  config = _eval_config(stand_in_weights, ema_decay=0.99)
+  config.fid.save_samples = True
+  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  # Make the EMA generator differ from G: its samples must differ too.
+  state = state.replace(ema=jax.tree_util.tree_map(lambda x: x * 0.5, state.ema))
+  scores = evaluate.evaluate(config, str(tmp_path), state)
+  assert set(scores) == {"fid", "kid", "fid_no_ema", "kid_no_ema"}
+  assert all(np.isfinite(v) for v in scores.values()) and scores["fid"] > 0
+  ema, raw = np.load(tmp_path / "samples.npy"), np.load(tmp_path / "samples_no_ema.npy")
+  assert ema.shape == raw.shape == (BATCH, 96, 96, 3) and ema.dtype == np.uint8
+  assert np.abs(ema.astype(int) - raw).max() > 0
+  # The scored samples are G's samples from the evaluation noise.
+  g = train.make_models(config)[0]
+  np.testing.assert_array_equal(
+      raw, fid.generate_images(g, state.g.variables, BATCH, config.nz, seed=config.seed + 2))
