@@ -1,8 +1,7 @@
 """dcgan_jax entry point.
 
     python main.py --config configs/anime.py --workdir runs/anime \
-        [--config.KEY=VALUE ...]
-    python main.py --mode=eval --config configs/anime.py --workdir runs/anime
+        [--mode=train|eval|generate|interpolate] [--config.KEY=VALUE ...]
 """
 
 from absl import app, flags, logging
@@ -12,10 +11,12 @@ from dcgan_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train, or eval: FID/KID of the latest checkpoint (fid=/kid= lines).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "interpolate"],
+                  "train (resumes from WORKDIR's checkpoints); eval: FID/KID of the latest "
+                  "checkpoint (fid=/kid= lines); or write WORKDIR/result.png "
+                  "(generate) / WORKDIR/interpolate.png from the trained model.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,11 +24,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.info("Config:\n%s", FLAGS.config)
-  if FLAGS.mode == "eval":
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "eval":
     from dcgan_jax import evaluate  # noqa: PLC0415
     evaluate.main(FLAGS.config, FLAGS.workdir)
-    return
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    from dcgan_jax import generate  # noqa: PLC0415
+    generate.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ and averages gradients over the mapped axis ``parallel.AXIS``; with
 """
 
 import functools
+import json
+import math
+import os
 import queue
 import threading
 import time
@@ -31,7 +34,7 @@ from clu import metrics
 from flax import struct
 from jax import lax
 
-from dcgan_jax import input_pipeline, models, parallel, sampling
+from dcgan_jax import checkpoints, input_pipeline, models, parallel, preemption, sampling
 
 
 class NetState(struct.PyTreeNode):
@@ -292,24 +295,64 @@ def _write_fid(writer, evaluator, step: int, generator, state) -> dict:
   return scores
 
 
+class BestFid:
+  """Keeps the checkpoint with the lowest FID so far in ``WORKDIR/checkpoints_best``.
+
+  The best value and its step live in ``WORKDIR/best_fid.json``, so a resumed
+  run keeps comparing against them.
+  """
+
+  DIR = "checkpoints_best"
+
+  def __init__(self, workdir: str):
+    self.record = os.path.join(workdir, "best_fid.json")
+    self.ckpts = checkpoints.Checkpoints(os.path.join(workdir, self.DIR), max_to_keep=1)
+    self.fid, self.step = math.inf, None
+    if os.path.exists(self.record):
+      with open(self.record) as f:
+        saved = json.load(f)
+      self.fid, self.step = saved["fid"], saved["step"]
+
+  def update(self, value: float, state, config) -> bool:
+    """Saves ``state`` if ``value`` is the lowest FID so far; returns whether it did."""
+    if not value < self.fid:
+      return False
+    self.fid, self.step = float(value), int(state.step)
+    path = self.ckpts.save(state, config)
+    with open(self.record + ".tmp", "w") as f:
+      json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
+    os.replace(self.record + ".tmp", self.record)
+    logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
+    return True
+
+  def close(self):
+    self.ckpts.close()
+
+
 def train_and_evaluate(config, workdir: str) -> GANState:
   """Trains the GAN described by ``config``, writing summaries to ``workdir``.
 
   Args:
     config: an ml_collections ConfigDict (see configs/anime.py).
-    workdir: where TensorBoard events and sample grids go.
+    workdir: where TensorBoard events, sample grids and checkpoints go. A
+      workdir holding checkpoints is resumed from the latest one.
 
   Returns:
-    The final (unreplicated) training state.
+    The final (unreplicated) training state. On SIGTERM/SIGINT, the state
+    saved at the step where training stopped.
   """
   from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
 
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  ckpts = checkpoints.Checkpoints(f"{workdir}/{checkpoints.CHECKPOINT_DIR}",
+                                  max_to_keep=config.max_to_keep)
+  state = checkpoints.restore_or_init(ckpts, state, config)
   start = int(state.step)
   inp = input_pipeline.create_input(config, start_step=start)
   total = num_train_steps(config, inp.steps_per_epoch)
+  save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
   logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
                inp.description, inp.steps_per_epoch, start, total, jax.device_count())
 
@@ -325,14 +368,19 @@ def train_and_evaluate(config, workdir: str) -> GANState:
                               (config.num_plot, config.nz))
   pstate = parallel.replicate(state)
   del state
-  evaluator = None
+  evaluator = best = None
   if is_chief and config.fid.eval_every > 0:
     from dcgan_jax import fid  # noqa: PLC0415
     evaluator = fid.Evaluator.create(config, workdir)
+    # Orbax saves are collective: with several hosts only the chief knows the
+    # FID, so the best checkpoint is kept in single-process runs only.
+    if evaluator is not None and jax.process_count() == 1:
+      best = BestFid(workdir)
   batches = _prefetch(parallel.shard(b) for b in inp.batches)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
+  stop = preemption.StopSignal().install()
 
   for step in range(start, total):
     batch = next(batches)
@@ -357,6 +405,22 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       _write_grids(writer, workdir, done, sampler, parallel.unreplicate(pstate),
                    fixed_z, np.asarray(batch).reshape(-1, *batch.shape[2:]))
     if evaluator is not None and (done % config.fid.eval_every == 0 or done == total):
-      _write_fid(writer, evaluator, done, sampler, parallel.unreplicate(pstate))
+      scores = _write_fid(writer, evaluator, done, sampler, parallel.unreplicate(pstate))
+      if best is not None:
+        best.update(scores["fid"], parallel.unreplicate(pstate), config)
+    # Hosts agree on stopping where they sync anyway (the logging steps).
+    stopping = stop.should_stop(sync=done % config.log_every == 0)
+    if done % save_every == 0 or done == total or stopping:
+      path = ckpts.save(parallel.unreplicate(pstate), config)
+      logging.info("Saving checkpoint of step %d to %s.", done, path)
+    if stopping:
+      ckpts.wait()
+      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
+                      "the same workdir to resume.", stop.name or "another host", done, path)
+      break
+  stop.uninstall()
+  ckpts.close()
+  if best is not None:
+    best.close()
   writer.flush()
   return parallel.unreplicate(pstate)
