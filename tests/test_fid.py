@@ -1,5 +1,6 @@
 import functools
 import logging as std_logging
+import re
 
 import jax
 import numpy as np
@@ -355,3 +356,32 @@ def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_
   g = train.make_models(config)[0]
   np.testing.assert_array_equal(
       raw, fid.generate_images(g, state.g.variables, BATCH, config.nz, seed=config.seed + 2))
+
+
+def test_training_fid_best_checkpoint_and_eval_mode(tmp_path, stand_in_weights, capsys):
+  """FID in TensorBoard during training, the best-FID checkpoint, then --mode=eval."""
+  import json
+
+  from test_main import _scalar_tags
+
+  from dcgan_jax import checkpoints, evaluate, train
+  config = _eval_config(stand_in_weights, ema_decay=0.9, num_train_steps=2, plot_every=100)
+  config.fid.eval_every = 2
+  state = train.train_and_evaluate(config, str(tmp_path))
+  tags = _scalar_tags(tmp_path)
+  for tag in ("fid", "kid", "fid_no_ema", "kid_no_ema"):
+    assert tags[tag] == [2], tags
+  best = json.loads((tmp_path / "best_fid.json").read_text())
+  assert best["step"] == 2 and np.isfinite(best["fid"])
+  ckpts, step = checkpoints.open_for_reading(str(tmp_path / train.BestFid.DIR))
+  assert step == 2
+  ckpts.close()
+  # Eval restores the latest checkpoint (with its EMA) and prints the metrics.
+  eval_config = _eval_config(stand_in_weights)  # ema_decay comes from the checkpoint
+  scores = evaluate.main(eval_config, str(tmp_path))
+  out = capsys.readouterr().out
+  for k in ("fid", "kid", "fid_no_ema", "kid_no_ema"):
+    assert re.search(rf"^{k}=[-0-9.e]+$", out, re.M), out
+  # The same G and noise as the training-time evaluation: the same FID.
+  assert scores["fid"] == pytest.approx(best["fid"], rel=1e-5)
+  assert int(state.step) == 2
