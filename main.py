@@ -1,7 +1,7 @@
 """dcgan_jax entry point.
 
     python main.py --config configs/anime.py --workdir runs/anime \
-        [--mode=train|generate|interpolate] [--config.KEY=VALUE ...]
+        [--mode=train|eval|generate|interpolate] [--config.KEY=VALUE ...]
 
 On a cluster, start one process per host (README: "Many devices, many hosts"):
 TPU pods, SLURM and Open MPI are detected; elsewhere pass
@@ -18,8 +18,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate"],
-                  "train (resumes from WORKDIR's checkpoints), or write WORKDIR/result.png "
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "interpolate"],
+                  "train (resumes from WORKDIR's checkpoints); eval: FID/KID of the latest "
+                  "checkpoint (fid=/kid= lines); or write WORKDIR/result.png "
                   "(generate) / WORKDIR/interpolate.png from the trained model.")
 flags.mark_flags_as_required(["config", "workdir"])
 flags.DEFINE_enum("distributed", "auto", parallel.DISTRIBUTED_MODES,
@@ -41,6 +42,9 @@ def main(argv):
   logging.info("Config:\n%s", FLAGS.config)
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "eval":
+    from dcgan_jax import evaluate  # noqa: PLC0415
+    evaluate.main(FLAGS.config, FLAGS.workdir)
   else:
     from dcgan_jax import generate  # noqa: PLC0415
     generate.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)

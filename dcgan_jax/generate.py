@@ -58,9 +58,11 @@ def load_models(config, workdir: str) -> Models:
     saved = ckpts.config(step)
     for key in (*checkpoints.MODEL_KEYS, "dtype"):
       cfg[key] = saved[key]
+    cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
     state = ckpts.restore(train.create_train_state(cfg, jax.random.PRNGKey(0)), step)
     ckpts.close()
-    g_vars, d_vars = state.g.variables, state.d.variables
+    # The EMA generator when the run kept one.
+    g_vars, d_vars = train.sampling_variables(state), state.d.variables
     source = ckpts.step_path(step)
   generator, discriminator = train.make_models(cfg)
   return Models(generator, g_vars, discriminator, d_vars, cfg.nz, source)

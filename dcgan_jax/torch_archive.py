@@ -14,6 +14,7 @@ and tools can make archives that ``torch.load`` reads, with no torch installed.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import pickle
 import zipfile
@@ -47,17 +48,43 @@ class _StorageType:
 
 
 class ScriptObject:
-  """A TorchScript ``__torch__.*`` object: its class name and its state."""
+  """A TorchScript ``__torch__.*`` object: its class name and its state.
 
-  def __init__(self, class_name: str):
-    self.class_name = class_name
-    self.state: Any = None
+  TorchScript pickles a module as ``NEWOBJ`` of its class (which needs a real
+  type: ``script_class`` makes one subclass per class name) followed by
+  ``BUILD`` with a dict of its attributes (submodules, parameters, ints,
+  lists), which lands in ``state``.
+  """
+
+  class_name: str = ""
+  state: Any = None
+
+  def __init__(self, class_name: str | None = None):
+    if class_name is not None:
+      self.class_name = class_name
 
   def __setstate__(self, state):
     self.state = state
 
   def __repr__(self):
     return f"ScriptObject({self.class_name})"
+
+
+@functools.cache
+def script_class(qualified_name: str) -> type:
+  """The ``ScriptObject`` subclass standing for TorchScript class ``qualified_name``."""
+  return type(qualified_name.rsplit(".", 1)[-1], (ScriptObject,),
+              {"class_name": qualified_name})
+
+
+def _build_list(items, *_):
+  return list(items)
+
+
+# TorchScript's typed containers (torch.jit._pickle): the pickle holds the
+# items; the functions only restore the static type, which numpy lacks.
+_JIT_PICKLE = {"build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+               "build_empty_list", "build_empty_dict", "restore_type_tag"}
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
@@ -88,7 +115,9 @@ class _Unpickler(pickle.Unpickler):
     if module == "collections" and name == "OrderedDict":
       return collections.OrderedDict
     if module.startswith("__torch__"):
-      return lambda *args: ScriptObject(f"{module}.{name}")
+      return script_class(f"{module}.{name}")
+    if module == "torch.jit._pickle" and name in _JIT_PICKLE:
+      return _JIT_FUNCS[name]
     raise TorchArchiveError(f"unsupported object in archive: {module}.{name}")
 
   def persistent_load(self, pid):
@@ -131,6 +160,49 @@ def load(path: str, pickle_name: str = "data.pkl", records: str = "data") -> Any
     read = lambda key: zf.read(f"{prefix}/{records}/{key}")
     with zf.open(f"{prefix}/{pickle_name}") as f:
       return _Unpickler(io.BytesIO(f.read()), read).load()
+
+
+def _restore_type_tag(value, _type_str):
+  return value
+
+
+_JIT_FUNCS = {"build_intlist": _build_list, "build_tensorlist": _build_list,
+              "build_doublelist": _build_list, "build_boollist": _build_list,
+              "build_empty_list": lambda *_: [], "build_empty_dict": lambda *_: {},
+              "restore_type_tag": _restore_type_tag}
+
+
+def state_dict(path: str) -> dict[str, Any]:
+  """A flat ``name -> value`` view of an archive, whatever it pickled.
+
+  A ``torch.save``d state dict comes back as it is; nested dicts (e.g. a
+  checkpoint's ``{'state_dict': {...}}``) and TorchScript modules are
+  flattened to dotted names, so a TorchScript export of a module yields the
+  names its ``state_dict()`` would (``layers.conv.weight``, ...) together with
+  its plain attributes (``layers.conv.stride``, ...), ``training`` flags and
+  hook markers left out.
+
+  Args:
+    path: a ``.pth``/``.pt`` zip archive (``torch.save`` or ``torch.jit.save``).
+
+  Returns:
+    A dict from dotted names to numpy arrays (and ints/lists for attributes).
+  """
+  out: dict[str, Any] = {}
+
+  def walk(obj, prefix):
+    if isinstance(obj, ScriptObject):
+      obj = obj.state
+    if isinstance(obj, dict):
+      for k, v in obj.items():
+        if k in ("training", "_is_full_backward_hook"):
+          continue
+        walk(v, f"{prefix}{k}.")
+    elif obj is not None:
+      out[prefix[:-1]] = obj
+
+  walk(load(path), "")
+  return out
 
 
 class _Global:

@@ -15,6 +15,9 @@ and averages gradients over the mapped axis ``parallel.AXIS``; with
 """
 
 import functools
+import json
+import math
+import os
 import queue
 import threading
 import time
@@ -58,6 +61,8 @@ class GANState(struct.PyTreeNode):
   rng: jax.Array    # uint32[2]: the run's base key; noise is fold_in(rng, step)
   g: NetState
   d: NetState
+  # EMA of G's {'params', 'batch_stats'} (config.ema_decay > 0), else None.
+  ema: Any = None
 
 
 # (No `from __future__ import annotations` here: clu reads these annotations.)
@@ -113,8 +118,28 @@ def create_train_state(config, rng) -> GANState:
     return NetState(variables["params"], variables["batch_stats"],
                     tx.init(variables["params"]), tx)
 
+  ema = None
+  if config.ema_decay > 0:
+    ema = jax.tree_util.tree_map(jnp.array, dict(g_vars))  # a copy, not an alias
   return GANState(step=jnp.zeros((), jnp.int32), rng=knoise,
-                  g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d))
+                  g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d), ema=ema)
+
+
+def update_ema(ema, variables, decay: float, step):
+  """One EMA update towards G's ``variables`` after ``step`` + 1 iterations.
+
+  The decay ramps up as TF's ExponentialMovingAverage with ``num_updates``
+  (``min(decay, (1 + n) / (10 + n))``) so short runs are not dominated by
+  the initial weights.
+  """
+  n = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  return jax.tree_util.tree_map(lambda e, v: d * e + (1.0 - d) * v, ema, variables)
+
+
+def sampling_variables(state: GANState):
+  """G's variables for samples, generate and evaluation: the EMA when kept."""
+  return state.ema if state.ema is not None else state.g.variables
 
 
 def bce(logits, target: float):
@@ -124,7 +149,8 @@ def bce(logits, target: float):
 
 
 def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
-               discriminator, nz: int, axis_name: str = parallel.AXIS):
+               discriminator, nz: int, axis_name: str = parallel.AXIS,
+               ema_decay: float = 0.0):
   """One GAN iteration on this replica's share of the batch.
 
   Args:
@@ -136,6 +162,7 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
     discriminator: the D module.
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
+    ema_decay: if > 0, ``state.ema`` follows G's new variables (``update_ema``).
 
   Returns:
     (new state, {'d': DMetrics, 'g': GMetrics}) with the metrics of the
@@ -197,7 +224,11 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
   # so every replica holds the same state (a no-op when they are synchronised).
   g = g.replace(batch_stats=mean(g.batch_stats))
   d = d.replace(batch_stats=mean(d.batch_stats))
-  return state.replace(step=state.step + 1, g=g, d=d), out
+  ema = state.ema
+  if ema_decay > 0:
+    ema = update_ema(ema, {"params": g.params, "batch_stats": g.batch_stats},
+                     ema_decay, state.step)
+  return state.replace(step=state.step + 1, g=g, d=d, ema=ema), out
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -228,12 +259,73 @@ def _prefetch(it: Iterator, size: int = 2) -> Iterator:
 
 def _write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real):
   """Sample grid from the fixed noise and a grid of real images: TB + PNG."""
-  fake = sampling.sample(generator, state.g.variables, fixed_z)
+  fake = sampling.sample(generator, sampling_variables(state), fixed_z)
   grids = {"samples": sampling.make_grid(fake),
            "real": sampling.make_grid(real[: len(fixed_z)])}
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
   sampling.save_png(f"{workdir}/samples/samples_{step:07d}.png", grids["samples"])
   sampling.save_png(f"{workdir}/samples/real_{step:07d}.png", grids["real"])
+
+
+def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
+  """FID/KID of G's sampling variables (the EMA when kept) and, with EMA, of G itself.
+
+  Returns:
+    ({'fid', 'kid'[, 'fid_no_ema', 'kid_no_ema']}, {tag: uint8 samples}) with
+    tag '' for the sampling variables and '_no_ema' for G without EMA.
+  """
+  runs = [("", sampling_variables(state))]
+  if state.ema is not None:
+    runs.append(("_no_ema", state.g.variables))
+  scores, samples = {}, {}
+  for tag, variables in runs:
+    m, images = evaluator.score_generator(generator, variables)
+    scores.update({k + tag: v for k, v in m.items()})
+    samples[tag] = images
+  return scores, samples
+
+
+def _write_fid(writer, evaluator, step: int, generator, state) -> dict:
+  t = time.perf_counter()
+  scores, _ = score_state(evaluator, generator, state)
+  writer.write_scalars(step, scores)
+  logging.info("Step %d: %s (%.0f s)", step,
+               ", ".join(f"{k}={v:.4g}" for k, v in scores.items()), time.perf_counter() - t)
+  return scores
+
+
+class BestFid:
+  """Keeps the checkpoint with the lowest FID so far in ``WORKDIR/checkpoints_best``.
+
+  The best value and its step live in ``WORKDIR/best_fid.json``, so a resumed
+  run keeps comparing against them.
+  """
+
+  DIR = "checkpoints_best"
+
+  def __init__(self, workdir: str):
+    self.record = os.path.join(workdir, "best_fid.json")
+    self.ckpts = checkpoints.Checkpoints(os.path.join(workdir, self.DIR), max_to_keep=1)
+    self.fid, self.step = math.inf, None
+    if os.path.exists(self.record):
+      with open(self.record) as f:
+        saved = json.load(f)
+      self.fid, self.step = saved["fid"], saved["step"]
+
+  def update(self, value: float, state, config) -> bool:
+    """Saves ``state`` if ``value`` is the lowest FID so far; returns whether it did."""
+    if not value < self.fid:
+      return False
+    self.fid, self.step = float(value), int(state.step)
+    path = self.ckpts.save(state, config)
+    with open(self.record + ".tmp", "w") as f:
+      json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
+    os.replace(self.record + ".tmp", self.record)
+    logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
+    return True
+
+  def close(self):
+    self.ckpts.close()
 
 
 def train_and_evaluate(config, workdir: str) -> GANState:
@@ -270,12 +362,21 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   sampler = make_models(config)[0]
   runner = parallel.make_runner(
       functools.partial(train_step, generator=generator,
-                        discriminator=discriminator, nz=config.nz),
+                        discriminator=discriminator, nz=config.nz,
+                        ema_decay=config.ema_decay),
       config.get("parallel", "pmap"))
   fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
                               (config.num_plot, config.nz))
   pstate = runner.put_state(state)
   del state
+  evaluator = best = None
+  if is_chief and config.fid.eval_every > 0:
+    from dcgan_jax import fid  # noqa: PLC0415
+    evaluator = fid.Evaluator.create(config, workdir)
+    # Orbax saves are collective: with several hosts only the chief knows the
+    # FID, so the best checkpoint is kept in single-process runs only.
+    if evaluator is not None and jax.process_count() == 1:
+      best = BestFid(workdir)
   # (host batch, device batch): the host copy feeds the grid of real images.
   batches = _prefetch((b, runner.put_batch(b)) for b in inp.batches)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
@@ -305,6 +406,10 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     if is_chief and (done % config.plot_every == 0 or done == total):
       _write_grids(writer, workdir, done, sampler, runner.get(pstate),
                    fixed_z, host_batch)
+    if evaluator is not None and (done % config.fid.eval_every == 0 or done == total):
+      scores = _write_fid(writer, evaluator, done, sampler, runner.get(pstate))
+      if best is not None:
+        best.update(scores["fid"], runner.get(pstate), config)
     # Hosts agree on stopping where they sync anyway (the logging steps).
     stopping = stop.should_stop(sync=done % config.log_every == 0)
     if done % save_every == 0 or done == total or stopping:
@@ -317,5 +422,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       break
   stop.uninstall()
   ckpts.close()
+  if best is not None:
+    best.close()
   writer.flush()
   return runner.get(pstate)

@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import ts_archive
 
 from dcgan_jax import torch_archive
 
@@ -80,3 +81,70 @@ def test_torch_in_a_venv(tmp_path):
                        text=True, check=True, timeout=120).stdout.split()
   assert abs(float(out[0]) - float(state["main.0.weight"].sum())) < 1e-3
   assert out[1] == "7" and out[2] == "()"
+
+
+def _tiny_script_module():
+  rng = np.random.default_rng(1)
+  conv = ts_archive.Module("__torch__.net.Conv2dLayer",
+                           weight=rng.standard_normal((4, 3, 1, 7)).astype(np.float32),
+                           beta=np.arange(4, dtype=np.float32), stride=1,
+                           padding=ts_archive.IntList([0, 3]))
+  seq = ts_archive.Module("__torch__.torch.nn.modules.container.Sequential", conv=conv)
+  return ts_archive.Module("__torch__.net.Net", layers=seq), conv
+
+
+def test_torchscript_objects_and_state_dict(tmp_path):
+  root, conv = _tiny_script_module()
+  path = str(tmp_path / "m.pt")
+  ts_archive.save_script_module(path, root)
+  net = torch_archive.load(path)
+  assert isinstance(net, torch_archive.ScriptObject) and net.class_name == "__torch__.net.Net"
+  layer = net.state["layers"].state["conv"]
+  assert layer.class_name == "__torch__.net.Conv2dLayer"
+  np.testing.assert_array_equal(layer.state["weight"], conv.attrs["weight"])
+  assert layer.state["padding"] == [0, 3] and layer.state["stride"] == 1
+  flat = torch_archive.state_dict(path)
+  assert sorted(flat) == ["layers.conv.beta", "layers.conv.padding", "layers.conv.stride",
+                          "layers.conv.weight"]
+  np.testing.assert_array_equal(flat["layers.conv.beta"], np.arange(4))
+
+
+def test_state_dict_of_a_plain_and_a_nested_archive(tmp_path):
+  state = _state()
+  torch_archive.save_state_dict(str(tmp_path / "m.pth"), state)
+  flat = torch_archive.state_dict(str(tmp_path / "m.pth"))
+  assert list(flat) == list(state)
+
+
+def test_torchscript_written_by_torch_in_a_venv(tmp_path):
+  """torch.jit.save of a small scripted module reads back (torch venv only)."""
+  py = "/tmp/torch-venv/bin/python"
+  if shutil.which(py) is None:
+    pytest.skip("no torch venv")
+  code = """
+import sys, torch
+class Layer(torch.nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.weight = torch.nn.Parameter(torch.arange(24.).reshape(2, 3, 1, 4))
+    self.padding = [0, 2]
+    self.stride = 2
+  def forward(self, x):
+    return torch.conv2d(x, self.weight, None, [self.stride, self.stride], self.padding)
+class Net(torch.nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.layers = torch.nn.Sequential(Layer(), torch.nn.BatchNorm2d(2))
+  def forward(self, x):
+    return self.layers(x)
+torch.jit.save(torch.jit.script(Net().eval()), sys.argv[1])
+"""
+  path = str(tmp_path / "net.pt")
+  (tmp_path / "make.py").write_text(code)  # torch.jit.script reads the source file
+  subprocess.run([py, str(tmp_path / "make.py"), path], check=True, timeout=300,
+                 capture_output=True)
+  flat = torch_archive.state_dict(path)
+  np.testing.assert_array_equal(flat["layers.0.weight"],
+                                np.arange(24.0, dtype=np.float32).reshape(2, 3, 1, 4))
+  assert flat["layers.0.padding"] == [0, 2] and flat["layers.0.stride"] == 2
+  np.testing.assert_array_equal(flat["layers.1.running_var"], np.ones(2, np.float32))
