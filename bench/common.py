@@ -21,7 +21,9 @@ def build_step(config):
   """(replicated initial state, pmapped step) exactly as train_and_evaluate builds them."""
   import jax  # noqa: PLC0415
 
-  from dcgan_jax import parallel, train  # noqa: PLC0415
+  from dcgan_jax import cpu_flags, parallel, train  # noqa: PLC0415
+
+  cpu_flags.use_fast_cpu_flags()  # as main.py does
 
   state = train.create_train_state(config, jax.random.PRNGKey(config.seed))
   axis = parallel.AXIS if config.sync_batch_stats else None

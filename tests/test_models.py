@@ -144,3 +144,13 @@ def test_first_layer_dense_form_matches_conv_transpose():
   gk_ref = jax.grad(lambda k: jnp.sum(models.conv_transpose_dilated(z, k, 1, 0) ** 2))(
       v["params"]["kernel"])
   np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_cpu_flags_keep_user_choices():
+  from dcgan_jax import cpu_flags
+  env = {"XLA_FLAGS": "--xla_cpu_use_onednn=false --xla_force_host_platform_device_count=2"}
+  flags = cpu_flags.use_fast_cpu_flags(env).split()
+  assert "--xla_cpu_use_onednn=false" in flags and "--xla_cpu_use_onednn=true" not in flags
+  assert "--xla_cpu_experimental_onednn_custom_call=true" in flags
+  assert "--xla_force_host_platform_device_count=2" in flags
+  assert cpu_flags.use_fast_cpu_flags({}).split() == list(cpu_flags.FAST_CPU_FLAGS)
