@@ -59,7 +59,8 @@ def main():
   torch_cmd = [args.torch_python, args.torch_ref, *common]
   ratios = []
   print(f"batch={args.batch} steps={args.steps} warmup={args.warmup} "
-        f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r} {args.jax_args}", flush=True)
+        f"XLA_FLAGS={env.get('XLA_FLAGS', '')!r} (+ cpu_flags defaults) {args.jax_args}",
+        flush=True)
   for r in range(args.rounds):
     j = _imgs_per_s(jax_cmd, env)
     t = _imgs_per_s(torch_cmd)

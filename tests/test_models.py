@@ -140,6 +140,8 @@ def test_first_layer_dense_form_matches_conv_transpose():
   y = layer.apply(v, z)
   np.testing.assert_allclose(
       y, models.conv_transpose_dilated(z, v["params"]["kernel"], 1, 0), atol=1e-5)
+  with pytest.raises(ValueError, match="1x1"):
+    models.conv_transpose_dense(jnp.zeros((1, 2, 2, 6)), v["params"]["kernel"], 1, 0)
   gk = jax.grad(lambda v: jnp.sum(layer.apply(v, z) ** 2))(v)["params"]["kernel"]
   gk_ref = jax.grad(lambda k: jnp.sum(models.conv_transpose_dilated(z, k, 1, 0) ** 2))(
       v["params"]["kernel"])
