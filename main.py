@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dcgan_jax import parallel, train
+from dcgan_jax import cpu_flags, parallel, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
@@ -35,6 +35,7 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cpu_flags.use_fast_cpu_flags()  # before the first computation starts XLA
   if parallel.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
                                      FLAGS.num_processes, FLAGS.process_id):
     logging.info("Distributed: process %d of %d.", jax.process_index(),

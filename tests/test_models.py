@@ -88,3 +88,71 @@ def test_discriminator_bce_equals_sigmoid_bceloss():
                              rtol=1e-5)
   # Where BCELoss on a saturated sigmoid would give inf, the logit form stays exact.
   np.testing.assert_allclose(train.bce(jnp.array([-200.0]), 1.0), 200.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", sorted(models.CONV_TRANSPOSE_IMPLS))
+@pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, 4), (5, 3, 1, 4), (3, 2, 0, 3)])
+def test_every_conv_transpose_formulation_matches_flax(impl, k, s, p, hw):
+  fn = models.CONV_TRANSPOSE_IMPLS[impl]
+  x = jax.random.normal(jax.random.key(1), (2, hw, hw + 1, 3))
+  kernel = jax.random.normal(jax.random.key(2), (k, k, 4, 3))
+  ref = nn.ConvTranspose(4, (k, k), (s, s), padding=[(k - 1 - p, k - 1 - p)] * 2,
+                         use_bias=False, transpose_kernel=True)
+  ref_fn = lambda x, kernel: ref.apply({"params": {"kernel": kernel}}, x)
+  out_hw = ((hw - 1) * s - 2 * p + k, hw * s - 2 * p + k)
+  if impl != "dilated" and (out_hw[0] % s or out_hw[1] % s):
+    with pytest.raises(ValueError, match="stride"):
+      fn(x, kernel, s, p)
+    return
+  y, y_ref = fn(x, kernel, s, p), ref_fn(x, kernel)
+  assert y.shape == (2, *out_hw, 4)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), y.shape)
+  g = jax.grad(lambda x, k: jnp.vdot(fn(x, k, s, p), w), (0, 1))(x, kernel)
+  g_ref = jax.grad(lambda x, k: jnp.vdot(ref_fn(x, k), w), (0, 1))(x, kernel)
+  for a, b in zip(g, g_ref, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, 8), (3, 2, 1, 7)])
+def test_conv_module_matches_flax_conv_values_and_gradients(k, s, p, hw):
+  x = jax.random.normal(jax.random.key(1), (2, hw, hw, 3))
+  ours = models.Conv(5, k, s, p)
+  ref = nn.Conv(5, (k, k), (s, s), [(p, p), (p, p)], use_bias=False)
+  v = ours.init(jax.random.key(2), x)
+  assert v["params"]["kernel"].shape == ref.init(jax.random.key(2), x)["params"]["kernel"].shape
+  y = ours.apply(v, x)
+  np.testing.assert_allclose(y, ref.apply(v, x), atol=1e-5)
+  w = jax.random.normal(jax.random.key(3), y.shape)
+  loss = lambda m: lambda v, x: jnp.vdot(m.apply(v, x), w)
+  g = jax.grad(loss(ours), (0, 1))(v, x)
+  g_ref = jax.grad(loss(ref), (0, 1))(v, x)
+  np.testing.assert_allclose(g[0]["params"]["kernel"], g_ref[0]["params"]["kernel"],
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g[1], g_ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_first_layer_dense_form_matches_conv_transpose():
+  # A 1x1 input (the latent) takes the einsum path in ConvTranspose.
+  z = jax.random.normal(jax.random.key(0), (3, 1, 1, 6))
+  layer = models.ConvTranspose(5, 4, 1, 0)
+  v = layer.init(jax.random.key(1), z)
+  y = layer.apply(v, z)
+  np.testing.assert_allclose(
+      y, models.conv_transpose_dilated(z, v["params"]["kernel"], 1, 0), atol=1e-5)
+  with pytest.raises(ValueError, match="1x1"):
+    models.conv_transpose_dense(jnp.zeros((1, 2, 2, 6)), v["params"]["kernel"], 1, 0)
+  gk = jax.grad(lambda v: jnp.sum(layer.apply(v, z) ** 2))(v)["params"]["kernel"]
+  gk_ref = jax.grad(lambda k: jnp.sum(models.conv_transpose_dilated(z, k, 1, 0) ** 2))(
+      v["params"]["kernel"])
+  np.testing.assert_allclose(gk, gk_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_cpu_flags_keep_user_choices():
+  from dcgan_jax import cpu_flags
+  env = {"XLA_FLAGS": "--xla_cpu_use_onednn=false --xla_force_host_platform_device_count=2"}
+  flags = cpu_flags.use_fast_cpu_flags(env).split()
+  assert "--xla_cpu_use_onednn=false" in flags and "--xla_cpu_use_onednn=true" not in flags
+  assert "--xla_cpu_experimental_onednn_custom_call=true" in flags
+  assert "--xla_force_host_platform_device_count=2" in flags
+  assert cpu_flags.use_fast_cpu_flags({}).split() == list(cpu_flags.FAST_CPU_FLAGS)

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Images per second of each input path, to compare with the step's img/s.
+
+    python bench/input_pipeline.py --dataset ../shared/data/anime-faces-96/face \
+        --batch 256 --batches 20
+
+Paths: ``memory`` (the default ``cache=True``: decode the folder once, then
+numpy gathers float32 batches), ``stream`` (``cache=False``: tf.data decodes
+every batch from disk), ``synthetic`` (procedural faces, in memory). For each
+prints the one-off setup time (decoding, for the cached paths) and the steady
+batch rate, measured over ``--batches`` batches after the first.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--dataset", default=os.path.join(
+      HERE, "..", "..", "shared", "data", "anime-faces-96", "face"))
+  ap.add_argument("--batch", type=int, default=256)
+  ap.add_argument("--batches", type=int, default=20)
+  ap.add_argument("--paths", default="memory,stream,synthetic")
+  args = ap.parse_args()
+
+  from configs import anime  # noqa: PLC0415
+  from dcgan_jax import input_pipeline  # noqa: PLC0415
+
+  for path in args.paths.split(","):
+    config = anime.get_config()
+    config.batch_size = args.batch
+    config.dataset = "synthetic" if path == "synthetic" else args.dataset
+    config.cache = path != "stream"
+    t0 = time.perf_counter()
+    inp = input_pipeline.create_input(config, process_index=0, process_count=1)
+    first = next(inp.batches)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+      b = next(inp.batches)
+    dt = time.perf_counter() - t0
+    assert b.shape == first.shape
+    print(f"{path:10s} {inp.description}: setup {setup:.1f}s, batch {b.shape} {b.dtype}, "
+          f"{args.batches} batches in {dt:.2f}s", flush=True)
+    print(f"{path}_imgs_per_s={args.batch * args.batches / dt:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
