@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.ngf = 64
   c.ndf = 64
   c.dtype = "float32"          # computation dtype: float32 | bfloat16
+  c.init_scheme = "pytorch"    # pytorch (the original's default init) | dcgan (N(0, 0.02))
   c.sync_batch_stats = True    # BatchNorm over the global batch, not per device
   c.parallel = "pmap"          # data-parallel wrapper: pmap | shard_map
 

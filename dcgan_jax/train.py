@@ -87,13 +87,13 @@ def make_models(config, axis_name: str | None = None):
   """The (Generator, Discriminator) pair for ``config``.
 
   Args:
-    config: needs nz, ngf, ndf, dtype.
+    config: needs nz, ngf, ndf, dtype, init_scheme.
     axis_name: BatchNorm statistics are averaged over this mapped axis
       (None: per-call statistics, also what initialisation and sampling use).
   """
   dtype = get_dtype(config.dtype)
-  return (models.Generator(config.nz, config.ngf, axis_name, dtype),
-          models.Discriminator(config.ndf, axis_name, dtype))
+  return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme),
+          models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme))
 
 
 def create_train_state(config, rng) -> GANState:

@@ -40,7 +40,17 @@ def test_layer_shapes():
 
 
 def test_init_distribution():
+  # 'pytorch' (default, the original's): U(+-1/sqrt(fan_in)) with torch's fan_in.
   g = models.Generator().init(jax.random.key(0), jnp.zeros((1, 100)))["params"]
+  k = np.asarray(g["convt1"]["kernel"])          # torch weight (512, 256, 4, 4)
+  bound = 1 / np.sqrt(256 * 16)
+  assert k.max() <= bound and k.min() >= -bound and k.max() > 0.99 * bound
+  assert abs(k.std() - bound / np.sqrt(3)) < 1e-4
+  np.testing.assert_array_equal(g["bn1"]["scale"], 1.0)
+  d = models.Discriminator().init(jax.random.key(0), jnp.zeros((1, 96, 96, 3)))["params"]
+  assert abs(np.asarray(d["conv0"]["kernel"]).max() - 1 / np.sqrt(3 * 25)) < 2e-3
+  # 'dcgan': N(0, 0.02) kernels, N(1, 0.02) BatchNorm scales.
+  g = models.Generator(init_scheme="dcgan").init(jax.random.key(0), jnp.zeros((1, 100)))["params"]
   k = np.asarray(g["convt1"]["kernel"])
   assert abs(k.std() - 0.02) < 1e-3 and abs(k.mean()) < 1e-3
   s = np.asarray(g["bn1"]["scale"])
