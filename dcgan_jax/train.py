@@ -31,7 +31,7 @@ from clu import metrics
 from flax import struct
 from jax import lax
 
-from dcgan_jax import input_pipeline, models, parallel, sampling
+from dcgan_jax import config_lib, guards, input_pipeline, models, parallel, sampling
 
 
 class NetState(struct.PyTreeNode):
@@ -247,6 +247,10 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   Returns:
     The final (unreplicated) training state.
   """
+  # Bad config, data or workdir fail here, before anything is compiled.
+  config_lib.validate(config)
+  input_pipeline.check_dataset(config.dataset)
+  guards.check_workdir(workdir)
   from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
 
   is_chief = jax.process_index() == 0
@@ -273,6 +277,9 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
+  guard = guards.FiniteGuard()
+  nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
+              f"{' or train in float32' if config.dtype != 'float32' else ''}.")
 
   for step in range(start, total):
     batch = next(batches)
@@ -281,11 +288,13 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     for k, m in parallel.unreplicate(out).items():
       acc[k] = m if k not in acc else acc[k].merge(m)
     done = step + 1
+    guard.add(done, out)
     if t_log is None:  # the first step includes compilation: time from here
       jax.block_until_ready(pstate)
       t_log, n_log = time.perf_counter(), done
     report(done)
     if done % config.log_every == 0 or done == total:
+      guard.check(acc, nan_hint)
       scalars = {k: float(v) for m in acc.values() for k, v in m.compute().items()}
       acc = {}
       now = time.perf_counter()
@@ -294,7 +303,11 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       t_log, n_log = now, done
       writer.write_scalars(done, scalars)
     if is_chief and (done % config.plot_every == 0 or done == total):
+      guard.check(acc, nan_hint)
       _write_grids(writer, workdir, done, sampler, parallel.unreplicate(pstate),
                    fixed_z, np.asarray(batch).reshape(-1, *batch.shape[2:]))
   writer.flush()
+  if inp.skipped:
+    logging.warning("Input: %s.", input_pipeline.format_skipped(
+        inp.skipped, inp.num_examples + len(inp.skipped)))
   return parallel.unreplicate(pstate)

@@ -1,0 +1,110 @@
+"""Stopping cleanly on numerical and file-system faults.
+
+* ``FiniteGuard``: NaN/Inf in a loss stops training, naming the first bad
+  step, without a host sync per step. Each step's metrics are only
+  remembered (device arrays); a check reads the accumulated sums, which are
+  non-finite as soon as one step was, and only then looks at single steps.
+  Training checks at every log, sample grid and checkpoint, so no summary,
+  grid or checkpoint is ever written from a non-finite state.
+* ``tree_is_finite``: the state itself, checked before a checkpoint is saved
+  (a finite loss can still come with a NaN update).
+* ``check_workdir``: an unwritable workdir fails at start, naming the folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss or the state became NaN or Inf; the message names the step."""
+
+
+def _host_scalars(metrics: dict) -> dict[str, float]:
+  """{'d': Collection, ...} (device) -> {'loss_d': float, ...} (host sync)."""
+  return {k: float(np.asarray(v).reshape(-1)[0])
+          for m in metrics.values() for k, v in m.compute().items()}
+
+
+class FiniteGuard:
+  """Finds the first training step whose metrics are not finite.
+
+  ``add`` costs nothing on the device; ``check`` syncs once.
+  """
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    """Remembers the metrics of ``step`` (a dict of clu collections)."""
+    self._pending.append((step, metrics))
+
+  def check(self, accumulated: dict | None = None, hint: str = "") -> None:
+    """Raises ``NonFiniteError`` if a step added since the last check was bad.
+
+    Args:
+      accumulated: the merged metrics of (at least) those steps; when given,
+        single steps are only read if these are non-finite.
+      hint: appended to the error (e.g. the config's learning rates).
+    """
+    pending, self._pending = self._pending, []
+    if not pending:
+      return
+    if accumulated and all(
+        math.isfinite(v) for v in _host_scalars(accumulated).values()):
+      return
+    for step, metrics in pending:
+      values = _host_scalars(metrics)
+      bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+      if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        raise NonFiniteError(
+            f"non-finite loss at training step {step} ({shown}); training stopped. "
+            "Nothing from this step on was saved: the last checkpoint, if any, "
+            f"is intact and restores.{hint}")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def tree_is_finite(tree: Any) -> bool:
+  """Whether every float array of ``tree`` is free of NaN and Inf."""
+  return bool(_all_finite(tree))
+
+
+def check_state_finite(state: Any, step: int, hint: str = "") -> None:
+  """Raises ``NonFiniteError`` if the (unreplicated) ``state`` holds NaN/Inf."""
+  if not tree_is_finite(state):
+    raise NonFiniteError(
+        f"the training state holds NaN or Inf after step {step} although its "
+        "losses were finite; training stopped and it was not saved. The last "
+        f"checkpoint, if any, is intact and restores.{hint}")
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates ``workdir`` if needed and proves it writable, or fails naming it.
+
+  Raises:
+    OSError: (of the original kind) saying which folder and why, and what to do.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_") as f:
+      f.write(b"ok")
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise type(e)(
+        e.errno, f"workdir {workdir!r} is not a writable folder ({e.strerror or e}); "
+        "pass --workdir=PATH naming a folder you can write to") from e
