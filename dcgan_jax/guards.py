@@ -37,10 +37,16 @@ class FiniteGuard:
   """Finds the first training step whose metrics are not finite.
 
   ``add`` costs nothing on the device; ``check`` syncs once.
+
+  Args:
+    unreplicate: maps a step's metrics (as ``add`` got them) to a single
+      copy, e.g. ``parallel.unreplicate`` for pmap outputs; run only when a
+      check has to look at single steps.
   """
 
-  def __init__(self):
+  def __init__(self, unreplicate=lambda metrics: metrics):
     self._pending: list[tuple[int, dict]] = []
+    self._unreplicate = unreplicate
 
   def add(self, step: int, metrics: dict) -> None:
     """Remembers the metrics of ``step`` (a dict of clu collections)."""
@@ -61,7 +67,7 @@ class FiniteGuard:
         math.isfinite(v) for v in _host_scalars(accumulated).values()):
       return
     for step, metrics in pending:
-      values = _host_scalars(metrics)
+      values = _host_scalars(self._unreplicate(metrics))
       bad = {k: v for k, v in values.items() if not math.isfinite(v)}
       if bad:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))

@@ -277,7 +277,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
-  guard = guards.FiniteGuard()
+  guard = guards.FiniteGuard(parallel.unreplicate)
   nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
               f"{' or train in float32' if config.dtype != 'float32' else ''}.")
 
