@@ -9,10 +9,16 @@
 * ``tree_is_finite``: the state itself, checked before a checkpoint is saved
   (a finite loss can still come with a NaN update).
 * ``check_workdir``: an unwritable workdir fails at start, naming the folder.
+* ``checkpoint_writes``: a checkpoint write that fails (disk full, I/O
+  error; orbax reports these as ValueError or OSError, possibly one save
+  later since saves are asynchronous) stops training with one clear error.
+  Orbax writes a step into a temporary folder and renames it when complete,
+  so the checkpoints already there stay intact and a rerun resumes from them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -114,3 +120,41 @@ def check_workdir(workdir: str) -> None:
     raise type(e)(
         e.errno, f"workdir {workdir!r} is not a writable folder ({e.strerror or e}); "
         "pass --workdir=PATH naming a folder you can write to") from e
+
+
+class CheckpointWriteError(OSError):
+  """Writing a checkpoint failed; the earlier checkpoints are intact."""
+
+
+@contextlib.contextmanager
+def checkpoint_writes(ckpts, step: int):
+  """Runs a checkpoint save/wait/close, turning a failure into one clear error.
+
+  Args:
+    ckpts: the run's ``checkpoints.Checkpoints`` (``directory``, ``all_steps``).
+    step: the training step being saved (or just done).
+
+  Raises:
+    CheckpointWriteError: naming the folder, the cause and the step a rerun
+      resumes from.
+  """
+  try:
+    yield
+  except (NonFiniteError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # noqa: BLE001 (orbax wraps I/O errors in several kinds)
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    full = "no space left on device" in str(e).lower() or getattr(e, "errno", None) == 28
+    try:
+      steps = ckpts.all_steps()
+    except Exception:  # noqa: BLE001 (the folder itself may be gone)
+      steps = []
+    resume = (f"the checkpoints there (steps {steps}) are intact: a rerun with the same "
+              f"workdir resumes from step {steps[-1]}" if steps else
+              "there is no earlier checkpoint: a rerun starts from step 0")
+    raise CheckpointWriteError(
+        28 if full else getattr(e, "errno", None) or 5,
+        f"writing the checkpoint of step {step} to {ckpts.directory} failed"
+        f"{' (disk full)' if full else ''}: {cause[:500]}. Training stopped; {resume}. "
+        f"{'Free disk space' if full else 'Fix the folder'} (or pass another --workdir) "
+        "and rerun.") from e

@@ -148,10 +148,15 @@ def probe_files(files: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]
 
 def format_skipped(skipped: Sequence[tuple[str, str]], total: int) -> str:
   """One line: how many of ``total`` files were skipped, and the first few."""
+  kinds: dict[str, int] = {}
+  for _, r in skipped:
+    kind = r.split(" (")[0].split(":")[0]
+    kinds[kind] = kinds.get(kind, 0) + 1
   first = "; ".join(f"{f} ({r})" for f, r in skipped[:SKIPPED_NAMES_SHOWN])
   more = f"; and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if (
       len(skipped) > SKIPPED_NAMES_SHOWN) else ""
-  return f"skipped {len(skipped)} of {total} image files: {first}{more}"
+  counts = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+  return f"skipped {len(skipped)} of {total} image files [{counts}]: {first}{more}"
 
 
 def check_dataset(dataset: str) -> None:

@@ -136,7 +136,7 @@ def test_every_bad_kind_is_skipped_named_once_and_odd_ones_converted(
     assert -1 <= b.min() and b.max() <= 1
   summaries = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
   first = summaries[0]
-  assert f"skipped {len(bad) - (0 if cache else 1)} of {good + len(bad)} image files" in first
+  assert f"skipped {len(bad) - (0 if cache else 1)} of {good + len(bad)} image files [" in first
   assert first.count(".jpg (") + first.count(".png (") == input_pipeline.SKIPPED_NAMES_SHOWN
   # One summary up front; streamed, one more for what failed to decode in epoch 1.
   assert len(summaries) == (1 if cache else 2), summaries
@@ -182,7 +182,8 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
 def test_summary_names_count_and_first_few():
   skipped = [(f"/d/{i}.jpg", "empty file (0 bytes)") for i in range(12)]
   line = input_pipeline.format_skipped(skipped, 100)
-  assert line.startswith("skipped 12 of 100 image files: /d/0.jpg (empty file (0 bytes))")
+  assert line.startswith("skipped 12 of 100 image files [empty file: 12]: "
+                         "/d/0.jpg (empty file (0 bytes))")
   assert "/d/4.jpg" in line and "/d/5.jpg" not in line and line.endswith("and 7 more")
 
 
@@ -353,5 +354,6 @@ def test_unwritable_workdir_fails_at_start_naming_it(tmp_path, monkeypatch):
     return real(*a, dir=dir, **kw)
 
   monkeypatch.setattr(guards.tempfile, "NamedTemporaryFile", read_only)
-  with pytest.raises(PermissionError, match=r"workdir .*ro' is not a writable folder \(Permission denied\).*--workdir"):
+  with pytest.raises(PermissionError, match=r"workdir .*ro' is not a writable folder "
+                                            r"\(Permission denied\).*--workdir"):
     train.train_and_evaluate(tiny_config(), str(ro))
