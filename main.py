@@ -1,7 +1,7 @@
 """dcgan_jax entry point.
 
     python main.py --config configs/anime.py --workdir runs/anime \
-        [--config.KEY=VALUE ...]
+        [--mode=train|generate|interpolate] [--config.KEY=VALUE ...]
 """
 
 from absl import app, flags, logging
@@ -13,6 +13,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
+flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate"],
+                  "train (resumes from WORKDIR's checkpoints), or write WORKDIR/result.png "
+                  "(generate) / WORKDIR/interpolate.png from the trained model.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -20,7 +23,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    from dcgan_jax import generate  # noqa: PLC0415
+    generate.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 
 if __name__ == "__main__":

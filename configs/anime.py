@@ -40,4 +40,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 50             # TensorBoard scalars every N steps
   c.plot_every = 500           # sample grids (TensorBoard + PNG) every N steps
   c.num_plot = 64              # images in a sample grid (fixed noise)
+
+  # Checkpoints (WORKDIR/checkpoints; a rerun with the same workdir resumes).
+  c.save_every_steps = -1      # -1: every 10 epochs (as the original); always at the end
+  c.max_to_keep = 3            # newest checkpoints kept
+  c.init_from = ""             # start a new workdir from this workdir / checkpoint folder
+
+  # --mode=generate: the original's generate, G's samples ranked by D.
+  c.gen_search_num = 512       # samples drawn
+  c.gen_num = 64               # best-scored kept in the grid
+  c.gen_mean = 0.0             # noise ~ N(gen_mean, gen_std)
+  c.gen_std = 1.0
+  c.gen_img = "result.png"     # written in the workdir
+  # --mode=interpolate: rows walking between random latent points.
+  c.interp_rows = 8            # rows: alternately linear and spherical (slerp)
+  c.interp_steps = 10          # images per row
+  c.interp_img = "interpolate.png"
+  # Models for generate/interpolate from the PyTorch original's state dicts
+  # (netg_*.pth / netd_*.pth) instead of WORKDIR/checkpoints; torch not needed.
+  c.torch_netg = ""
+  c.torch_netd = ""
   return c

@@ -62,6 +62,15 @@ RULES: dict[str, tuple[Callable, str]] = {
     "log_every": _at_least(1),
     "plot_every": _at_least(1),
     "num_plot": _at_least(1),
+    # Checkpoints and generation (configs/anime.py, from the checkpoints work).
+    "save_every_steps": ((lambda v: v == -1 or v >= 1),
+                         "-1 (every 10 epochs) or an integer >= 1"),
+    "max_to_keep": _at_least(1),
+    "gen_search_num": _at_least(1),
+    "gen_num": _at_least(1),
+    "gen_std": _positive_float(),
+    "interp_rows": _at_least(1),
+    "interp_steps": _at_least(2),
 }
 
 

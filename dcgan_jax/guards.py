@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 
 class NonFiniteError(FloatingPointError):
@@ -48,11 +49,14 @@ class FiniteGuard:
     unreplicate: maps a step's metrics (as ``add`` got them) to a single
       copy, e.g. ``parallel.unreplicate`` for pmap outputs; run only when a
       check has to look at single steps.
+    before_raise: run before raising, e.g. waiting for an asynchronous save
+      of an earlier, finite state to finish (its errors are only logged).
   """
 
-  def __init__(self, unreplicate=lambda metrics: metrics):
+  def __init__(self, unreplicate=lambda metrics: metrics, before_raise=None):
     self._pending: list[tuple[int, dict]] = []
     self._unreplicate = unreplicate
+    self._before_raise = before_raise
 
   def add(self, step: int, metrics: dict) -> None:
     """Remembers the metrics of ``step`` (a dict of clu collections)."""
@@ -77,6 +81,7 @@ class FiniteGuard:
       bad = {k: v for k, v in values.items() if not math.isfinite(v)}
       if bad:
         shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        _run_quietly(self._before_raise)
         raise NonFiniteError(
             f"non-finite loss at training step {step} ({shown}); training stopped. "
             "Nothing from this step on was saved: the last checkpoint, if any, "
@@ -95,9 +100,22 @@ def tree_is_finite(tree: Any) -> bool:
   return bool(_all_finite(tree))
 
 
-def check_state_finite(state: Any, step: int, hint: str = "") -> None:
-  """Raises ``NonFiniteError`` if the (unreplicated) ``state`` holds NaN/Inf."""
+def _run_quietly(fn) -> None:
+  if fn is None:
+    return
+  try:
+    fn()
+  except Exception as e:  # noqa: BLE001 (a NonFiniteError is on its way: report, go on)
+    logging.error("while stopping: %s: %s", type(e).__name__, e)
+
+
+def check_state_finite(state: Any, step: int, hint: str = "", before_raise=None) -> None:
+  """Raises ``NonFiniteError`` if the (unreplicated) ``state`` holds NaN/Inf.
+
+  ``before_raise`` runs first (see ``FiniteGuard``).
+  """
   if not tree_is_finite(state):
+    _run_quietly(before_raise)
     raise NonFiniteError(
         f"the training state holds NaN or Inf after step {step} although its "
         "losses were finite; training stopped and it was not saved. The last "

@@ -49,3 +49,82 @@ def save_png(path: str, image: np.ndarray) -> None:
   from PIL import Image  # noqa: PLC0415
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(np.asarray(image)).save(path)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def discriminate(discriminator, variables, images):
+  """D(x) in inference mode: the original's score, a probability per image."""
+  return jax.nn.sigmoid(discriminator.apply(variables, images, train=False))
+
+
+def generate(generator, g_variables, discriminator, d_variables, rng, *, nz: int,
+             search_num: int = 512, num: int = 64, mean: float = 0.0, std: float = 1.0,
+             chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+  """The original's generate: ``search_num`` samples, the ``num`` D likes best.
+
+  Args:
+    generator, g_variables: G and its variables (inference mode: running averages).
+    discriminator, d_variables: D and its variables.
+    rng: PRNGKey for the noise.
+    nz: latent size.
+    search_num: samples drawn, noise ~ N(mean, std).
+    num: samples kept.
+    mean, std: the noise distribution.
+    chunk: samples per G/D call (bounds memory).
+
+  Returns:
+    (images (num, S, S, 3) in [-1, 1], best first; their D scores (num,)).
+  """
+  if not 1 <= num <= search_num:
+    raise ValueError(f"gen_num={num} must be between 1 and gen_search_num={search_num}.")
+  z = mean + std * jax.random.normal(rng, (search_num, nz))
+  images, scores = [], []
+  for i in range(0, search_num, chunk):
+    x = sample(generator, g_variables, z[i:i + chunk])
+    images.append(np.asarray(x))
+    scores.append(np.asarray(discriminate(discriminator, d_variables, x)))
+  images, scores = np.concatenate(images), np.concatenate(scores)
+  best = np.argsort(-scores, kind="stable")[:num]
+  return images[best], scores[best]
+
+
+def slerp(a, b, t):
+  """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1) along the great circle.
+
+  Args:
+    a, b: (..., nz) end points.
+    t: (T,) fractions.
+
+  Returns:
+    (..., T, nz); straight-line interpolation where a and b are (anti)parallel.
+  """
+  a, b = np.asarray(a, np.float64)[..., None, :], np.asarray(b, np.float64)[..., None, :]
+  t = np.asarray(t, np.float64)[:, None]
+  cos = np.sum(a * b, -1, keepdims=True) / (
+      np.linalg.norm(a, axis=-1, keepdims=True) * np.linalg.norm(b, axis=-1, keepdims=True))
+  omega = np.arccos(np.clip(cos, -1.0, 1.0))
+  so = np.sin(omega)
+  safe = np.where(so < 1e-6, 1.0, so)
+  out = np.where(so < 1e-6, (1 - t) * a + t * b,
+                 np.sin((1 - t) * omega) / safe * a + np.sin(t * omega) / safe * b)
+  return out.astype(np.float32)
+
+
+def interpolation_latents(rng, *, nz: int, rows: int, steps: int, mean: float = 0.0,
+                          std: float = 1.0) -> np.ndarray:
+  """Latent rows walking between random pairs of points.
+
+  Rows come in pairs sharing end points: the first walks in a straight line,
+  the second along the sphere (slerp), which keeps the norm typical of the
+  Gaussian prior in between.
+
+  Returns:
+    (rows * steps, nz): row-major, ready for ``sample`` and ``make_grid(ncol=steps)``.
+  """
+  pairs = (rows + 1) // 2
+  ends = np.asarray(mean + std * jax.random.normal(rng, (2, pairs, nz)))
+  t = np.linspace(0.0, 1.0, steps)
+  lin = (1 - t)[None, :, None] * ends[0][:, None] + t[None, :, None] * ends[1][:, None]
+  sph = slerp(ends[0], ends[1], t)
+  z = np.stack([lin, sph], axis=1).reshape(2 * pairs, steps, nz)[:rows]
+  return z.reshape(rows * steps, nz).astype(np.float32)

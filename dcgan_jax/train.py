@@ -31,7 +31,16 @@ from clu import metrics
 from flax import struct
 from jax import lax
 
-from dcgan_jax import config_lib, guards, input_pipeline, models, parallel, sampling
+from dcgan_jax import (
+  checkpoints,
+  config_lib,
+  guards,
+  input_pipeline,
+  models,
+  parallel,
+  preemption,
+  sampling,
+)
 
 
 class NetState(struct.PyTreeNode):
@@ -242,10 +251,12 @@ def train_and_evaluate(config, workdir: str) -> GANState:
 
   Args:
     config: an ml_collections ConfigDict (see configs/anime.py).
-    workdir: where TensorBoard events and sample grids go.
+    workdir: where TensorBoard events, sample grids and checkpoints go. A
+      workdir holding checkpoints is resumed from the latest one.
 
   Returns:
-    The final (unreplicated) training state.
+    The final (unreplicated) training state. On SIGTERM/SIGINT, the state
+    saved at the step where training stopped.
   """
   # Bad config, data or workdir fail here, before anything is compiled.
   config_lib.validate(config)
@@ -256,9 +267,13 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   state = create_train_state(config, jax.random.PRNGKey(config.seed))
+  ckpts = checkpoints.Checkpoints(f"{workdir}/{checkpoints.CHECKPOINT_DIR}",
+                                  max_to_keep=config.max_to_keep)
+  state = checkpoints.restore_or_init(ckpts, state, config)
   start = int(state.step)
   inp = input_pipeline.create_input(config, start_step=start)
   total = num_train_steps(config, inp.steps_per_epoch)
+  save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
   logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
                inp.description, inp.steps_per_epoch, start, total, jax.device_count())
 
@@ -277,9 +292,11 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
-  guard = guards.FiniteGuard(parallel.unreplicate)
+  # A NaN stop first lets an in-flight save of an earlier, finite state finish.
+  guard = guards.FiniteGuard(parallel.unreplicate, before_raise=ckpts.wait)
   nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
               f"{' or train in float32' if config.dtype != 'float32' else ''}.")
+  stop = preemption.StopSignal().install()
 
   for step in range(start, total):
     batch = next(batches)
@@ -306,6 +323,25 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       guard.check(acc, nan_hint)
       _write_grids(writer, workdir, done, sampler, parallel.unreplicate(pstate),
                    fixed_z, np.asarray(batch).reshape(-1, *batch.shape[2:]))
+    # Hosts agree on stopping where they sync anyway (the logging steps).
+    stopping = stop.should_stop(sync=done % config.log_every == 0)
+    if done % save_every == 0 or done == total or stopping:
+      saved = parallel.unreplicate(pstate)
+      # Never a checkpoint of a non-finite state: the last good one stays.
+      guard.check(acc, nan_hint)
+      guards.check_state_finite(saved, done, nan_hint, before_raise=ckpts.wait)
+      with guards.checkpoint_writes(ckpts, done):
+        path = ckpts.save(saved, config)
+      logging.info("Saving checkpoint of step %d to %s.", done, path)
+    if stopping:
+      with guards.checkpoint_writes(ckpts, done):
+        ckpts.wait()
+      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
+                      "the same workdir to resume.", stop.name or "another host", done, path)
+      break
+  stop.uninstall()
+  with guards.checkpoint_writes(ckpts, done):
+    ckpts.close()
   writer.flush()
   if inp.skipped:
     logging.warning("Input: %s.", input_pipeline.format_skipped(

@@ -16,7 +16,7 @@ def _write_odd_images(folder):
   Image.fromarray(rgb[..., 0]).save(folder / "a" / "gray.png")                  # L
   Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(folder / "a" / "rgba.png")
   Image.fromarray(rgb).convert("P").save(folder / "a" / "b" / "palette.png")
-  Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(folder / "a" / "b" / "g16.png")
+  Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "a" / "b" / "g16.png")
   Image.fromarray(rgb[:50, :]).save(folder / "small.JPEG")                       # upscaled
   Image.fromarray(rng.integers(0, 256, (96, 300, 3), np.uint8)).save(folder / "wide.png")
   (folder / "notes.txt").write_text("not an image")

@@ -1,0 +1,99 @@
+"""Stopping cleanly on SIGTERM / SIGINT (preemption, Ctrl-C).
+
+The first signal only sets a flag: the training loop sees it at the next step
+boundary, saves a checkpoint and returns (exit status 0). A second signal
+means "now": the process exits at once with status 128 + signal number.
+
+With several hosts, each host may receive the signal at a different step;
+``StopSignal.should_stop`` makes them agree (any host stopping stops all) at
+the steps where it is asked to synchronise, so all save the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from absl import logging
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _exit(code: int) -> None:  # a seam for tests
+  os._exit(code)
+
+
+class StopSignal:
+  """A context that turns SIGTERM/SIGINT into a stop request.
+
+  Use ``with StopSignal() as stop: ... if stop.should_stop(sync): ...`` (or
+  ``install()`` / ``uninstall()``).
+  Outside the main thread (where Python cannot install handlers) it installs
+  nothing and never requests a stop.
+  """
+
+  def __init__(self, signals=SIGNALS):
+    self._signals = signals
+    self._previous: dict[int, object] = {}
+    self.received: int | None = None   # the first signal's number
+
+  @property
+  def requested(self) -> bool:
+    return self.received is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.received).name if self.requested else ""
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is None:
+      self.received = signum
+      logging.warning("Received %s: saving a checkpoint at the next step boundary "
+                      "and exiting (send it again to exit at once).",
+                      signal.Signals(signum).name)
+      return
+    logging.warning("Received %s again: exiting now, without saving.",
+                    signal.Signals(signum).name)
+    _exit(128 + signum)
+
+  def install(self) -> StopSignal:
+    """Installs the handlers (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is threading.main_thread():
+      for s in self._signals:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def uninstall(self) -> None:
+    """Puts the previous handlers back."""
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous.clear()
+
+  def __enter__(self) -> StopSignal:
+    return self.install()
+
+  def __exit__(self, *exc) -> None:
+    self.uninstall()
+
+  def should_stop(self, sync: bool = True) -> bool:
+    """Whether the loop should stop now.
+
+    Args:
+      sync: on multi-host runs, agree with the other hosts (a tiny
+        all-gather; every host must call this with the same ``sync`` at the
+        same step). Without it a multi-host run never stops here, so that no
+        host leaves the others waiting in a collective.
+
+    Returns:
+      True when this host (or, synchronised, any host) got a signal.
+    """
+    import jax  # noqa: PLC0415
+    if jax.process_count() == 1:
+      return self.requested
+    if not sync:
+      return False
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    flags = multihost_utils.process_allgather(int(self.requested))
+    return bool(flags.any())

@@ -1,0 +1,176 @@
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import flax
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from dcgan_jax import checkpoints, preemption, train
+
+TINY = ["--config=configs/demo.py", "--config.ngf=8", "--config.ndf=8",
+        "--config.batch_size=8", "--config.synthetic_size=64", "--config.log_every=1",
+        "--config.num_plot=4", "--config.plot_every=1000000"]
+
+
+def _arrays(state):
+  return jax.tree_util.tree_leaves_with_path(flax.serialization.to_state_dict(state))
+
+
+def _assert_bit_identical(a, b):
+  la, lb = _arrays(a), _arrays(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb, strict=True):
+    xa, ya = np.asarray(x), np.asarray(y)
+    assert xa.dtype == ya.dtype and np.array_equal(xa, ya), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("g_every", [1, 2])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, caplog, g_every):
+  caplog.set_level(logging.INFO)
+  n = 3  # odd: with g_every=2 the run stops after a step that skipped G
+  cfg = lambda steps, **kw: tiny_config(num_train_steps=steps, g_every=g_every,
+                                        plot_every=100, **kw)
+  straight = train.train_and_evaluate(cfg(2 * n, save_every_steps=1, max_to_keep=2),
+                                      str(tmp_path / "straight"))
+  assert int(straight.step) == 2 * n
+  # max_to_keep: only the newest two of the six saves remain.
+  assert checkpoints.Checkpoints(str(tmp_path / "straight" / "checkpoints")).all_steps() \
+      == [2 * n - 1, 2 * n]
+
+  first = train.train_and_evaluate(cfg(n), str(tmp_path / "a"))
+  assert int(first.step) == n
+  assert "Resumed" not in caplog.text
+  resumed = train.train_and_evaluate(cfg(2 * n), str(tmp_path / "a"))
+  assert f"Resumed from step {n} " in caplog.text
+  _assert_bit_identical(resumed, straight)
+  # The state actually moved between n and 2n (the comparison is not vacuous).
+  assert not np.array_equal(first.g.params["convt0"]["kernel"],
+                            resumed.g.params["convt0"]["kernel"])
+
+  if g_every == 1:
+    # init_from: a new workdir starts from step n of run a, and continues exactly.
+    branched = train.train_and_evaluate(
+        cfg(2 * n, init_from=str(tmp_path / "a" / "checkpoints" / str(n))),
+        str(tmp_path / "b"))
+    assert f"Initialised from step {n} of" in caplog.text
+    _assert_bit_identical(branched, straight)
+
+
+def test_restore_with_other_model_sizes_names_the_keys(tmp_path):
+  config = tiny_config(num_train_steps=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"ngf=8 \(config: 16\)"):
+    train.train_and_evaluate(tiny_config(num_train_steps=2, ngf=16), str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoints.open_for_reading(str(tmp_path / "nowhere"))
+
+
+def test_save_every_steps_default_is_ten_epochs():
+  assert checkpoints.save_every_steps(tiny_config(save_every_steps=-1), 8) == 80
+  assert checkpoints.save_every_steps(tiny_config(save_every_steps=5), 8) == 5
+  with pytest.raises(ValueError, match="save_every_steps"):
+    checkpoints.save_every_steps(tiny_config(save_every_steps=0), 8)
+
+
+def test_second_signal_exits_at_once(monkeypatch):
+  exits = []
+  monkeypatch.setattr(preemption, "_exit", exits.append)
+  with preemption.StopSignal() as stop:
+    assert not stop.should_stop()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.should_stop() and stop.name == "SIGTERM" and exits == []
+    os.kill(os.getpid(), signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def _start_main(workdir, extra, log, script=None):
+  args = [*TINY, *extra, f"--workdir={workdir}"]  # the workdir last: the script reads it
+  cmd = ([sys.executable, "-c", script, *args] if script
+         else [sys.executable, "main.py", *args])
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=open(log, "w"))  # noqa: SIM115 (closed with the process)
+
+
+def _wait_for(pattern, log, proc, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if m := re.search(pattern, open(log).read()):
+      return m
+    if proc.poll() is not None:
+      raise AssertionError(f"exited {proc.returncode} before {pattern!r}:\n"
+                           + open(log).read()[-3000:])
+    time.sleep(0.2)
+  proc.kill()
+  raise AssertionError(f"no {pattern!r} within {timeout}s:\n" + open(log).read()[-3000:])
+
+
+def _run_main(workdir, extra):
+  r = subprocess.run([sys.executable, "main.py", *TINY, f"--workdir={workdir}", *extra],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stderr
+
+
+def test_sigterm_saves_at_the_next_step_and_the_rerun_resumes(tmp_path):
+  log = tmp_path / "log"
+  proc = _start_main(tmp_path, ["--config.num_train_steps=100000"], log)
+  _wait_for(r"\] loss_d", log, proc)  # training is under way
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  text = open(log).read()
+  m = re.search(r"Stopped by SIGTERM after step (\d+); checkpoint saved to (\S+)\.", text)
+  assert m, text[-3000:]
+  step = int(m.group(1))
+  assert m.group(2) == str(tmp_path / "checkpoints" / str(step))
+  assert checkpoints.Checkpoints(str(tmp_path / "checkpoints")).all_steps() == [step]
+
+  out = _run_main(tmp_path, [f"--config.num_train_steps={step + 2}"])
+  assert f"Resumed from step {step} " in out
+  assert checkpoints.Checkpoints(str(tmp_path / "checkpoints")).all_steps() == [step, step + 2]
+
+
+# Runs main.py with orbax's final rename (the commit of a checkpoint) made to
+# hang once one checkpoint exists: the parent kills the process there.
+_HANG_IN_SECOND_SAVE = textwrap.dedent("""
+    import os, sys, time
+    from orbax.checkpoint._src.path import atomicity
+    sys.argv[0] = "main.py"
+    cls = atomicity.AtomicRenameTemporaryPath
+    finalize = cls.finalize
+    async def hang_if_second(self, *args, **kwargs):
+      root = os.path.join(sys.argv[-1].split("=", 1)[1], "checkpoints")
+      if any(n.isdigit() for n in os.listdir(root)):
+        print("HANGING IN SAVE", file=sys.stderr, flush=True)
+        time.sleep(600)
+      return await finalize(self, *args, **kwargs)
+    cls.finalize = hang_if_second
+    import main
+    from absl import app
+    app.run(main.main)
+""")
+
+
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+  workdir, log = tmp_path / "w", tmp_path / "log"
+  args = ["--config.num_train_steps=4", "--config.save_every_steps=2"]
+  proc = _start_main(workdir, args, log, _HANG_IN_SECOND_SAVE)
+  _wait_for("HANGING IN SAVE", log, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  ckdir = workdir / "checkpoints"
+  leftovers = [n for n in os.listdir(ckdir) if "tmp" in n]
+  assert leftovers and leftovers[0].startswith("4."), os.listdir(ckdir)  # killed mid-save
+  assert checkpoints.Checkpoints(str(ckdir), read_only=True).all_steps() == [2]
+
+  out = _run_main(workdir, args)
+  assert "Resumed from step 2 " in out
+  assert sorted(os.listdir(ckdir)) == ["2", "4"]  # the stray tmp folder is gone
