@@ -172,7 +172,7 @@ def checkpoint_writes(ckpts, step: int):
               "there is no earlier checkpoint: a rerun starts from step 0")
     raise CheckpointWriteError(
         28 if full else getattr(e, "errno", None) or 5,
-        f"writing the checkpoint of step {step} to {ckpts.directory} failed"
+        f"writing a checkpoint (noticed at step {step}) to {ckpts.directory} failed"
         f"{' (disk full)' if full else ''}: {cause[:500]}. Training stopped; {resume}. "
         f"{'Free disk space' if full else 'Fix the folder'} (or pass another --workdir) "
         "and rerun.") from e

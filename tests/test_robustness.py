@@ -307,13 +307,72 @@ def _nan_input(monkeypatch, bad_step: int):
   monkeypatch.setattr(input_pipeline, "create_input", create)
 
 
-def test_nan_loss_stops_training_naming_the_step(tmp_path, monkeypatch):
-  _nan_input(monkeypatch, bad_step=3)
-  config = tiny_config(num_train_steps=8, log_every=5, plot_every=100)
-  with pytest.raises(guards.NonFiniteError, match=r"training step 4 \(.*loss_d=nan"):
+def test_nan_stops_training_naming_the_step_and_is_never_checkpointed(tmp_path, monkeypatch):
+  from dcgan_jax import checkpoints
+  _nan_input(monkeypatch, bad_step=4)  # the 5th iteration sees a NaN batch
+  # No log before the end: the check before the save of step 6 must catch it.
+  config = tiny_config(num_train_steps=8, log_every=100, plot_every=100,
+                       save_every_steps=2)
+  with pytest.raises(guards.NonFiniteError, match=r"training step 5 \(.*loss_d=nan"):
     train.train_and_evaluate(config, str(tmp_path))
-  # The grid of step 8 (the end) was never drawn from the NaN state.
-  assert not os.path.exists(tmp_path / "samples")
+  ckpts = checkpoints.Checkpoints(str(tmp_path / checkpoints.CHECKPOINT_DIR), read_only=True)
+  assert ckpts.all_steps() == [2, 4]
+  template = train.create_train_state(config, train.jax.random.PRNGKey(0))
+  last = ckpts.restore(template)
+  assert int(last.step) == 4 and guards.tree_is_finite(last)
+  assert not os.path.exists(tmp_path / "samples")  # no grid drawn from NaN
+
+
+def _mount_tmpfs(path, size: str):
+  import subprocess
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root")
+  os.makedirs(path, exist_ok=True)
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                     capture_output=True, text=True, check=False)
+  if r.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+  return lambda: subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.slow  # a second full (tiny) training run: ~1 CPU minute
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's
+def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(tmp_path, monkeypatch):
+  """The checkpoints folder is a real 16 MB tmpfs that fills up after step 4."""
+  from dcgan_jax import checkpoints
+  ckpt_dir = tmp_path / "w" / checkpoints.CHECKPOINT_DIR
+  umount = _mount_tmpfs(ckpt_dir, "16m")
+  real_save = checkpoints.Checkpoints.save
+
+  def save_then_fill(self, state, config):
+    path = real_save(self, state, config)
+    if int(state.step) == 4:  # the disk fills up once step 4 is on it
+      self.wait()
+      with open(ckpt_dir / "filler", "wb") as f:
+        with pytest.raises(OSError, match="No space left"):
+          while True:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+    return path
+
+  monkeypatch.setattr(checkpoints.Checkpoints, "save", save_then_fill)
+  try:
+    config = tiny_config(num_train_steps=10, log_every=100, plot_every=100,
+                         save_every_steps=2, max_to_keep=5)
+    with pytest.raises(guards.CheckpointWriteError,
+                       match=r"(?s)checkpoints failed \(disk full\).*No space left.*steps "
+                             r"\[2, 4\]\) are intact: a rerun with the same workdir resumes "
+                             r"from step 4.*Free disk space"):
+      train.train_and_evaluate(config, str(tmp_path / "w"))
+    os.remove(ckpt_dir / "filler")
+    ckpts = checkpoints.Checkpoints(str(ckpt_dir))  # also clears the failed tmp folder
+    assert ckpts.all_steps() == [2, 4]
+    template = train.create_train_state(config, train.jax.random.PRNGKey(0))
+    last = ckpts.restore(template)
+    assert int(last.step) == 4 and guards.tree_is_finite(last)
+    ckpts.close()
+  finally:
+    umount()
 
 
 def test_finite_guard_checks_lazily():
