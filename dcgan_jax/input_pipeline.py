@@ -60,6 +60,7 @@ class Input:
   # (path, reason) of every file skipped so far; the streaming path appends
   # files whose data fails to decode as it meets them.
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  num_files: int = 0      # files this host listed, skipped ones included
 
 
 def list_image_files(path: str) -> list[str]:
@@ -422,9 +423,9 @@ def _folder_input(config, start_step: int, process_index: int,
   _check_steps(num // batch, num * process_count, config.batch_size, desc)
   if config.cache:
     return Input(array_batches(images, batch, seed, start_step), num * process_count,
-                 num // batch, desc + " (in memory)", skipped)
+                 num // batch, desc + " (in memory)", skipped, per_host)
   return Input(_stream_batches(files, size, batch, seed, start_step, skipped),
-               num * process_count, num // batch, desc + " (streamed)", skipped)
+               num * process_count, num // batch, desc + " (streamed)", skipped, per_host)
 
 
 def _check_steps(steps: int, total: int, batch_size: int, desc: str):

@@ -344,6 +344,5 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     ckpts.close()
   writer.flush()
   if inp.skipped:
-    logging.warning("Input: %s.", input_pipeline.format_skipped(
-        inp.skipped, inp.num_examples + len(inp.skipped)))
+    logging.warning("Input: %s.", input_pipeline.format_skipped(inp.skipped, inp.num_files))
   return parallel.unreplicate(pstate)

@@ -123,6 +123,7 @@ def test_every_bad_kind_is_skipped_named_once_and_odd_ones_converted(
         process_index=0)
     batches = [next(inp.batches) for _ in range(2 * inp.steps_per_epoch)]  # 2 epochs
   good = 13 + len(ODD_KINDS)
+  assert inp.num_files == good + len(bad)
   skipped = _names(inp.skipped)
   assert set(skipped) == set(bad)
   for name, why in bad.items():
