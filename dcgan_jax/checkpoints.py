@@ -66,7 +66,9 @@ class Checkpoints:
                                           item_names=("state", "config"))
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps(read=True))
+    """The complete checkpoints' steps, as on disk now."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
