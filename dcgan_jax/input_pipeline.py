@@ -9,6 +9,15 @@ Order. The images of an epoch are visited in a permutation drawn from
 batch k of the run is therefore a pure function of k, so a resumed run that
 starts at step k sees exactly the batches it would have seen (``start_step``).
 
+Bad files. Every file is first probed (``probe_image``: a regular, non-empty
+file whose header Pillow reads as JPEG/PNG/GIF/BMP/WebP of at most
+``MAX_PIXELS`` pixels); files that fail, and files whose data then fails to
+decode, are skipped and named in one warning (``Input.skipped`` lists them).
+Odd but valid images (grayscale, palette, RGBA, CMYK, 16-bit, 1x1, 4000x20)
+are converted. In memory, a skipped file simply leaves the dataset; streamed,
+a file that passed the probe but fails to decode is replaced in its batch by
+a repeat of another image of that batch, so batch k stays a function of k.
+
 Paths:
   * in memory (``cache=True``, the default, and the synthetic set): a folder
     is decoded once (tf.data, in parallel) into a uint8 array; batches are
@@ -23,11 +32,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
+import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from absl import logging
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# What tf.io.decode_image reads (Pillow's names); other data is skipped.
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+# Larger images are skipped: a damaged header can claim 60000x60000 pixels,
+# and decoding what it claims would take gigabytes.
+MAX_PIXELS = 1 << 26
+SKIPPED_NAMES_SHOWN = 5
 
 
 @dataclasses.dataclass
@@ -38,6 +57,10 @@ class Input:
   num_examples: int       # images in the whole dataset (all hosts)
   steps_per_epoch: int
   description: str
+  # (path, reason) of every file skipped so far; the streaming path appends
+  # files whose data fails to decode as it meets them.
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  num_files: int = 0      # files this host listed, skipped ones included
 
 
 def list_image_files(path: str) -> list[str]:
@@ -62,6 +85,103 @@ def list_image_files(path: str) -> list[str]:
         f"no images (.jpg/.jpeg/.png) found below {path!r}. Expected a folder "
         "of images at any depth, e.g. data/face/00001.jpg.")
   return files
+
+
+def probe_image(path: str) -> str | None:
+  """Cheap check that ``path`` can be decoded: its header only, no pixels.
+
+  Returns:
+    None for a regular, non-empty JPEG/PNG/GIF/BMP/WebP file of at most
+    ``MAX_PIXELS`` pixels, else why it is skipped (a short phrase).
+  """
+  try:
+    st = os.stat(path)
+  except OSError as e:
+    return "dangling symlink" if os.path.islink(path) else f"cannot stat: {e.strerror}"
+  if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+    return "not a regular file"
+  if st.st_size == 0:
+    return "empty file (0 bytes)"
+  return _probe_header(path)
+
+
+def _probe_header(path: str) -> str | None:
+  from PIL import Image  # noqa: PLC0415 (only folders need Pillow)
+  try:
+    with open(path, "rb") as fh:
+      head = fh.read(64)
+      fh.seek(0)
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(fh, formats=DECODABLE_FORMATS) as im:
+          w, h = im.size
+  except OSError as e:
+    if e.errno is not None:  # the file system, not the data
+      return f"cannot read: {e.strerror}"
+    return _describe_non_image(head) if "cannot identify" in str(e) else f"damaged header: {e}"
+  except Image.DecompressionBombError:
+    return f"too large (over {MAX_PIXELS} pixels)"
+  except Exception as e:  # noqa: BLE001 (Pillow raises many kinds on damaged headers)
+    return f"damaged header: {type(e).__name__}: {e}"
+  if w * h > MAX_PIXELS:
+    return f"too large ({w}x{h}, over {MAX_PIXELS} pixels)"
+  return None
+
+
+def _describe_non_image(head: bytes) -> str:
+  if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml", b"<")):
+    return "HTML/XML text, not an image"
+  if head[:4] in (b"II*\0", b"MM\0*"):
+    return "TIFF data (JPEG/PNG/GIF/BMP/WebP only)"
+  if all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+    return "text, not an image"
+  return "not a JPEG/PNG/GIF/BMP/WebP image"
+
+
+def probe_files(files: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Splits ``files`` into (usable, [(skipped path, reason)]), order kept."""
+  with ThreadPoolExecutor(16) as ex:  # threads hide file-system latency
+    reasons = list(ex.map(probe_image, files, chunksize=64))
+  good = [f for f, r in zip(files, reasons, strict=True) if r is None]
+  bad = [(f, r) for f, r in zip(files, reasons, strict=True) if r is not None]
+  return good, bad
+
+
+def format_skipped(skipped: Sequence[tuple[str, str]], total: int) -> str:
+  """One line: how many of ``total`` files were skipped, and the first few."""
+  kinds: dict[str, int] = {}
+  for _, r in skipped:
+    kind = r.split(" (")[0].split(":")[0]
+    kinds[kind] = kinds.get(kind, 0) + 1
+  first = "; ".join(f"{f} ({r})" for f, r in skipped[:SKIPPED_NAMES_SHOWN])
+  more = f"; and {len(skipped) - SKIPPED_NAMES_SHOWN} more" if (
+      len(skipped) > SKIPPED_NAMES_SHOWN) else ""
+  counts = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+  return f"skipped {len(skipped)} of {total} image files [{counts}]: {first}{more}"
+
+
+def check_dataset(dataset: str) -> None:
+  """Fails fast (before any compilation) when a folder dataset is unusable.
+
+  Args:
+    dataset: config.dataset; 'synthetic' and 'tfds:NAME' are not checked.
+
+  Raises:
+    FileNotFoundError, NotADirectoryError, ValueError: naming the path and
+    the expected layout, when it is missing, a plain file, or holds no
+    image whose header reads.
+  """
+  if dataset == "synthetic" or dataset.startswith("tfds:"):
+    return
+  files = list_image_files(dataset)
+  reasons = []
+  for f in files:  # stops at the first readable image: usually one probe
+    if (r := probe_image(f)) is None:
+      return
+    reasons.append((f, r))
+  raise ValueError(
+      f"no readable image below {dataset!r}: {format_skipped(reasons, len(files))}. "
+      "Expected a folder of JPEG/PNG images at any depth, e.g. data/face/00001.jpg.")
 
 
 def to_float(images_uint8: np.ndarray) -> np.ndarray:
@@ -125,34 +245,87 @@ def _resize_and_crop(tf, img, image_size: int):
   return tf.ensure_shape(img, (image_size, image_size, 3))
 
 
-def load_images(files: Sequence[str], image_size: int) -> np.ndarray:
-  """Decodes ``files`` into one (N, S, S, 3) uint8 array (parallel tf.data)."""
+DECODE_FAILED = "corrupt or truncated image data (the decoder failed)"
+
+
+def load_images(files: Sequence[str], image_size: int,
+                skipped: list | None = None) -> np.ndarray:
+  """Decodes ``files`` into one (N, S, S, 3) uint8 array (parallel tf.data).
+
+  Files whose data fails to decode are left out (N < len(files)) and, when
+  ``skipped`` is given, appended to it as (path, reason).
+  """
   tf = _tf()
-  ds = tf.data.Dataset.from_tensor_slices(list(files))
-  ds = ds.map(lambda f: _decode_and_crop(tf, tf.io.read_file(f), image_size),
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), list(files)))
+  ds = ds.map(lambda i, f: (i, _decode_and_crop(tf, tf.io.read_file(f), image_size)),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # A failed decode drops its element; the surviving indices name the rest.
+  ds = ds.ignore_errors(log_warning=False)
   out = np.empty((len(files), image_size, image_size, 3), np.uint8)
+  ok = np.zeros(len(files), bool)
   i = 0
-  for chunk in ds.batch(256).as_numpy_iterator():
+  for ids, chunk in ds.batch(256).as_numpy_iterator():
     out[i:i + len(chunk)] = chunk
+    ok[ids] = True
     i += len(chunk)
-  return out
+  if skipped is not None:
+    skipped.extend((files[j], DECODE_FAILED) for j in np.flatnonzero(~ok))
+  return out[:i]
 
 
 def _stream_batches(files: Sequence[str], image_size: int, batch: int,
-                    seed: int, start_step: int) -> Iterator[np.ndarray]:
-  """The streaming path: tf.data decodes each batch from disk."""
+                    seed: int, start_step: int,
+                    skipped: list | None = None) -> Iterator[np.ndarray]:
+  """The streaming path: tf.data decodes each batch from disk.
+
+  A file that fails to decode is replaced by a repeat of a good image of
+  its own batch (batch k stays a pure function of k) and recorded in
+  ``skipped``; new failures are summarised in a warning once per epoch.
+  """
   tf = _tf()
   paths = tf.constant(list(files))
   idx = tf.data.Dataset.from_generator(
       lambda: index_batches(len(files), batch, seed, start_step),
       output_signature=tf.TensorSpec((batch,), tf.int64))
-  ds = idx.unbatch().map(
-      lambda i: _decode_and_crop(tf, tf.io.read_file(paths[i]), image_size),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  for b in ds.as_numpy_iterator():
-    yield to_float(b)
+  none_ok = tf.data.Dataset.from_tensors(
+      (tf.zeros([0], tf.int64), tf.zeros([0, image_size, image_size, 3], tf.uint8)))
+
+  def decode_batch(want):
+    ok = tf.data.Dataset.from_tensor_slices(want).map(
+        lambda i: (i, _decode_and_crop(tf, tf.io.read_file(paths[i]), image_size)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Exactly one element per batch: its decodable images (maybe none).
+    ok = ok.ignore_errors(log_warning=False).batch(batch).concatenate(none_ok).take(1)
+    return ok.map(lambda got, images: (want, got, images))
+
+  # Each inner dataset yields one element, so a deterministic interleave
+  # keeps batch order while decoding two batches at once.
+  ds = idx.interleave(decode_batch, cycle_length=2, num_parallel_calls=2,
+                      deterministic=True).prefetch(tf.data.AUTOTUNE)
+  skipped = [] if skipped is None else skipped
+  failed, new, last = {}, [], None
+  steps_per_epoch = len(files) // batch
+  for k, (want, got, decoded) in enumerate(ds.as_numpy_iterator(), start_step):
+    images = decoded
+    if len(got) < batch:
+      for j in sorted(set(want.tolist()) - set(got.tolist())):
+        if files[j] not in failed:
+          failed[files[j]] = DECODE_FAILED
+          new.append((files[j], DECODE_FAILED))
+      if len(got):
+        images = decoded[np.arange(batch) % len(got)]
+      elif last is not None:  # nothing decoded: train on the last good batch
+        images = last
+      else:
+        raise ValueError(f"no image of batch {k} decodes and no earlier batch "
+                         f"exists to stand in: {format_skipped(new, batch)}")
+    last = images
+    if new and (k + 1) % steps_per_epoch == 0:
+      skipped.extend(new)
+      logging.warning("Streaming input: %s (replaced by repeats of other images of "
+                      "their batches).", format_skipped(new, len(files)))
+      new = []
+    yield to_float(images)
 
 
 def _tfds_images(name: str, image_size: int, process_index: int,
@@ -206,23 +379,53 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
     total = len(images) * process_count
     desc = f"TFDS {dataset[5:]!r}"
   else:
-    files = list_image_files(dataset)
-    # Every host keeps the same number of images, so all take the same
-    # number of steps per epoch.
-    total = len(files)
-    files = files[process_index::process_count][: total // process_count]
-    desc = f"{total} images in {dataset!r}"
-    _check_steps(len(files) // batch, total, config.batch_size, desc)
-    if not config.cache:
-      return Input(_stream_batches(files, size, batch, seed, start_step),
-                   total, len(files) // batch, desc + " (streamed)")
-    images = load_images(files, size)
+    return _folder_input(config, start_step, process_index, process_count)
 
   images = images[: total // process_count]
   steps = len(images) // batch
   _check_steps(steps, total, config.batch_size, desc)
   return Input(array_batches(images, batch, seed, start_step), total, steps,
                desc + " (in memory)")
+
+
+def _folder_input(config, start_step: int, process_index: int,
+                  process_count: int) -> Input:
+  """A folder of images: probed, bad files skipped, cached or streamed."""
+  dataset, size, seed = config.dataset, config.image_size, config.seed
+  batch = config.batch_size // process_count
+  files = list_image_files(dataset)
+  total = len(files)
+  # Every host keeps the same number of images, so all take the same number
+  # of steps per epoch (with several hosts, skipped files are made up for by
+  # repeating good ones of the same host).
+  per_host = total // process_count
+  files = files[process_index::process_count][:per_host]
+  files, skipped = probe_files(files)
+  if not files:
+    raise ValueError(
+        f"no readable image below {dataset!r}: {format_skipped(skipped, per_host)}. "
+        "Expected a folder of JPEG/PNG images at any depth, e.g. data/face/00001.jpg.")
+  if config.cache:
+    images = load_images(files, size, skipped)
+    if not len(images):
+      raise ValueError(f"no image below {dataset!r} decodes: "
+                       f"{format_skipped(skipped, per_host)}.")
+    if process_count > 1:
+      images = images[np.arange(per_host) % len(images)]
+  elif process_count > 1:
+    files = [files[i % len(files)] for i in range(per_host)]
+  if skipped:
+    logging.warning("Dataset %r: %s.", dataset, format_skipped(skipped, per_host))
+  num = len(images) if config.cache else len(files)
+  desc = f"{num * process_count} images in {dataset!r}"
+  if skipped:
+    desc += f" ({len(skipped)} bad files skipped)"
+  _check_steps(num // batch, num * process_count, config.batch_size, desc)
+  if config.cache:
+    return Input(array_batches(images, batch, seed, start_step), num * process_count,
+                 num // batch, desc + " (in memory)", skipped, per_host)
+  return Input(_stream_batches(files, size, batch, seed, start_step, skipped),
+               num * process_count, num // batch, desc + " (streamed)", skipped, per_host)
 
 
 def _check_steps(steps: int, total: int, batch_size: int, desc: str):

@@ -33,7 +33,16 @@ from clu import metrics
 from flax import struct
 from jax import lax
 
-from dcgan_jax import checkpoints, input_pipeline, models, parallel, preemption, sampling
+from dcgan_jax import (
+  checkpoints,
+  config_lib,
+  guards,
+  input_pipeline,
+  models,
+  parallel,
+  preemption,
+  sampling,
+)
 
 
 class NetState(struct.PyTreeNode):
@@ -340,6 +349,10 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     The final (unreplicated) training state. On SIGTERM/SIGINT, the state
     saved at the step where training stopped.
   """
+  # Bad config, data or workdir fail here, before anything is compiled.
+  config_lib.validate(config)
+  input_pipeline.check_dataset(config.dataset)
+  guards.check_workdir(workdir)
   from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
 
   is_chief = jax.process_index() == 0
@@ -382,6 +395,10 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
+  # A NaN stop first lets an in-flight save of an earlier, finite state finish.
+  guard = guards.FiniteGuard(runner.get, before_raise=ckpts.wait)
+  nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
+              f"{' or train in float32' if config.dtype != 'float32' else ''}.")
   stop = preemption.StopSignal().install()
 
   for step in range(start, total):
@@ -391,11 +408,13 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     for k, m in runner.get(out).items():
       acc[k] = m if k not in acc else acc[k].merge(m)
     done = step + 1
+    guard.add(done, out)
     if t_log is None:  # the first step includes compilation: time from here
       jax.block_until_ready(pstate)
       t_log, n_log = time.perf_counter(), done
     report(done)
     if done % config.log_every == 0 or done == total:
+      guard.check(acc, nan_hint)
       scalars = {k: float(v) for m in acc.values() for k, v in m.compute().items()}
       acc = {}
       now = time.perf_counter()
@@ -404,25 +423,36 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       t_log, n_log = now, done
       writer.write_scalars(done, scalars)
     if is_chief and (done % config.plot_every == 0 or done == total):
+      guard.check(acc, nan_hint)
       _write_grids(writer, workdir, done, sampler, runner.get(pstate),
                    fixed_z, host_batch)
     if evaluator is not None and (done % config.fid.eval_every == 0 or done == total):
+      guard.check(acc, nan_hint)
       scores = _write_fid(writer, evaluator, done, sampler, runner.get(pstate))
       if best is not None:
         best.update(scores["fid"], runner.get(pstate), config)
     # Hosts agree on stopping where they sync anyway (the logging steps).
     stopping = stop.should_stop(sync=done % config.log_every == 0)
     if done % save_every == 0 or done == total or stopping:
-      path = ckpts.save(runner.get(pstate), config)
+      saved = runner.get(pstate)
+      # Never a checkpoint of a non-finite state: the last good one stays.
+      guard.check(acc, nan_hint)
+      guards.check_state_finite(saved, done, nan_hint, before_raise=ckpts.wait)
+      with guards.checkpoint_writes(ckpts, done):
+        path = ckpts.save(saved, config)
       logging.info("Saving checkpoint of step %d to %s.", done, path)
     if stopping:
-      ckpts.wait()
+      with guards.checkpoint_writes(ckpts, done):
+        ckpts.wait()
       logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
                       "the same workdir to resume.", stop.name or "another host", done, path)
       break
   stop.uninstall()
-  ckpts.close()
+  with guards.checkpoint_writes(ckpts, done):
+    ckpts.close()
   if best is not None:
     best.close()
   writer.flush()
+  if inp.skipped:
+    logging.warning("Input: %s.", input_pipeline.format_skipped(inp.skipped, inp.num_files))
   return runner.get(pstate)

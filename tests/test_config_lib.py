@@ -1,0 +1,97 @@
+"""Config validation: every bad key is named with what it allows, before any work."""
+
+import ml_collections
+import pytest
+from conftest import tiny_config
+
+from dcgan_jax import config_lib, train
+
+
+def _raw(**changes):
+  """A config as a config file could build it: a fresh, unlocked ConfigDict."""
+  d = tiny_config().to_dict()
+  for k, v in changes.items():
+    if v is ...:
+      del d[k]
+    else:
+      d[k] = v
+  return ml_collections.ConfigDict(d)
+
+
+def test_shipped_configs_pass():
+  from configs import anime, demo
+  for c in (anime.get_config(), demo.get_config(), tiny_config()):
+    config_lib.validate(c, device_count=1)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("image_size", 64, r"config.image_size=64: must be one of 96 \(the only size"),
+    ("lr_g", -2e-4, r"config.lr_g=-0.0002: must be a finite number > 0"),
+    ("lr_d", float("nan"), r"config.lr_d=nan: must be a finite number > 0"),
+    ("g_every", 0, r"config.g_every=0: must be an integer >= 1"),
+    ("d_every", -1, r"config.d_every=-1: must be an integer >= 1"),
+    ("log_every", 0, r"config.log_every=0: must be an integer >= 1"),
+    ("plot_every", 0, r"config.plot_every=0: must be an integer >= 1"),
+    ("beta1", 1.0, r"config.beta1=1.0: must be a number in \[0, 1\)"),
+    ("num_train_steps", 0, r"config.num_train_steps=0: must be -1 .* or an integer >= 1"),
+    ("dtype", "float16", r"config.dtype='float16': must be one of 'float32', 'bfloat16'"),
+    ("batch_size", 0, r"config.batch_size=0: must be an integer >= 1"),
+    ("seed", -3, r"config.seed=-3: must be an integer >= 0"),
+    ("dataset", " ", r"config.dataset=' ': must be a folder of images, 'tfds:NAME'"),
+    ("batch_size", "256", r"config.batch_size='256' is of type str; it must be of type int"),
+    ("cache", 1, r"config.cache=1 is of type int; it must be of type bool"),
+    ("nz", 100.0, r"config.nz=100.0 is of type float; it must be of type int"),
+    ("lr_g", True, r"config.lr_g=True is of type bool; it must be of type float"),
+])
+def test_impossible_values_and_wrong_types_are_named(key, value, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(_raw(**{key: value}), device_count=1)
+
+
+def test_an_int_passes_for_a_float():
+  config_lib.validate(_raw(lr_g=1), device_count=1)
+
+
+def test_unknown_and_missing_keys_are_named_all_at_once():
+  c = _raw(seed=..., log_every=0)
+  c.batchsize = 8
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c, device_count=1)
+  lines = str(e.value).splitlines()[1:]
+  assert len(lines) == 3, lines
+  assert "config.batchsize: unknown key (did you mean 'batch_size'?" in lines[0]
+  assert "config.seed: missing (default in configs/anime.py: 0)" in lines[1]
+  assert "config.log_every=0" in lines[2]
+
+
+def test_batch_must_split_over_the_devices():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.batch_size=12: must be divisible by the number of "
+                           r"devices \(8\), e.g. 8"):
+    config_lib.validate(_raw(batch_size=12), device_count=8)
+  config_lib.validate(_raw(batch_size=16), device_count=8)
+
+
+def test_training_validates_before_compiling(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
+  with pytest.raises(config_lib.ConfigError, match="config.g_every=0"):
+    train.train_and_evaluate(tiny_config(g_every=0), str(tmp_path))
+
+
+def test_a_config_file_with_an_extra_or_missing_key_fails_naming_it(tmp_path, monkeypatch):
+  import sys
+
+  from absl import flags
+  cfg = tmp_path / "mine.py"
+  cfg.write_text("from configs import demo\n\n\ndef get_config():\n"
+                 "  c = demo.get_config()\n  c.learning_rate = 1e-3\n  del c['beta2']\n"
+                 "  return c\n")
+  argv = ["main.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}"]
+  monkeypatch.setattr(sys, "argv", argv)
+  monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
+  import main
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"(?s)config.learning_rate: unknown key.*config.beta2: missing"):
+    main.main(["main.py"])
