@@ -71,6 +71,9 @@ RULES: dict[str, tuple[Callable, str]] = {
     "gen_std": _positive_float(),
     "interp_rows": _at_least(1),
     "interp_steps": _at_least(2),
+    "init_scheme": _in(("pytorch", "dcgan")),
+    "parallel": _in(("pmap", "shard_map")),
+    "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
 }
 
 

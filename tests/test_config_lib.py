@@ -42,6 +42,9 @@ def test_shipped_configs_pass():
     ("cache", 1, r"config.cache=1 is of type int; it must be of type bool"),
     ("nz", 100.0, r"config.nz=100.0 is of type float; it must be of type int"),
     ("lr_g", True, r"config.lr_g=True is of type bool; it must be of type float"),
+    ("init_scheme", "xavier", r"config.init_scheme='xavier': must be one of 'pytorch', 'dcgan'"),
+    ("parallel", "pjit", r"config.parallel='pjit': must be one of 'pmap', 'shard_map'"),
+    ("ema_decay", 1.5, r"config.ema_decay=1.5: must be a number in \[0, 1\)"),
 ])
 def test_impossible_values_and_wrong_types_are_named(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message):
