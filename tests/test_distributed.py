@@ -67,6 +67,7 @@ def _max_diff(a: dict, b: dict, prefix_a: str, prefix_b: str | None = None) -> f
              for k in keys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
 @pytest.mark.parametrize("step", [1, 2, 3])
 def test_8_devices_match_1_device(steps, kind, step):
@@ -82,12 +83,14 @@ def test_8_devices_match_1_device(steps, kind, step):
   assert _max_diff(one, eight, prefix) < 2e-6
 
 
+@pytest.mark.slow
 def test_the_compared_states_differ_from_step_to_step(steps):
   one, _ = steps
   assert _max_diff(one, one, "pmap/1/", "pmap/2/") > 1e-4
   assert _max_diff(one, one, "pmap/2/", "pmap/3/") > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, 8])
 def test_shard_map_matches_pmap(steps, devices):
   run = steps[devices == 8]
@@ -95,6 +98,7 @@ def test_shard_map_matches_pmap(steps, devices):
     assert _max_diff(run, run, f"shard_map/{step}/", f"pmap/{step}/") < 1e-6
 
 
+@pytest.mark.slow
 def test_per_device_batch_stats_depend_on_the_device_count(steps):
   """sync_batch_stats=False: per-device statistics, by design not equal."""
   one, eight = steps

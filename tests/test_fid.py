@@ -294,6 +294,7 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
 
 # --- Generator EMA ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ema_follows_g_with_the_ramped_decay():
   from dcgan_jax import input_pipeline, parallel, train
   config = tiny_config(ema_decay=0.999)
@@ -359,6 +360,7 @@ def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_
       raw, fid.generate_images(g, state.g.variables, BATCH, config.nz, seed=config.seed + 2))
 
 
+@pytest.mark.slow
 def test_training_fid_best_checkpoint_and_eval_mode(tmp_path, stand_in_weights, capsys):
   """FID in TensorBoard during training, the best-FID checkpoint, then --mode=eval."""
   import json

@@ -308,6 +308,7 @@ def _nan_input(monkeypatch, bad_step: int):
   monkeypatch.setattr(input_pipeline, "create_input", create)
 
 
+@pytest.mark.slow
 def test_nan_stops_training_naming_the_step_and_is_never_checkpointed(tmp_path, monkeypatch):
   from dcgan_jax import checkpoints
   _nan_input(monkeypatch, bad_step=4)  # the 5th iteration sees a NaN batch

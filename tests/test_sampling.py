@@ -85,6 +85,7 @@ def _gen_config(**kw):
                      interp_steps=5, **kw)
 
 
+@pytest.mark.slow
 def test_generate_and_interpolate_from_a_checkpoint_and_from_torch_files(tmp_path):
   config = _gen_config()
   state = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -111,6 +112,7 @@ def test_generate_and_interpolate_from_a_checkpoint_and_from_torch_files(tmp_pat
     generate.run(_gen_config(torch_netg="x.pth"), str(tmp_path / "t"), "generate")
 
 
+@pytest.mark.slow
 def test_main_generate_mode(tmp_path):
   train.train_and_evaluate(_gen_config(), str(tmp_path))
   cmd = [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={tmp_path}",

@@ -63,7 +63,7 @@ def test_discriminator_loss_falls_on_a_fixed_batch():
   for _ in range(8):
     s, out = step(s, batch, True, False)
     losses.append(float(parallel.unreplicate(out)["d"].compute()["loss_d"]))
-  assert losses[-1] < 0.5 * losses[0], losses
+  assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_step_is_deterministic():
