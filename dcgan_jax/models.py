@@ -235,46 +235,43 @@ def conv_transpose(x, kernel, stride: int, padding: int):
   return conv_transpose_dilated(x, kernel, stride, padding)
 
 
-class Conv(nn.Module):
+class _BiaslessConv(nn.Module):
+  """What Conv and ConvTranspose share: sizes, dtype, init, the kernel."""
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dtype: Dtype = jnp.float32
+  init_scheme: str = "pytorch"
+
+  def _cast_kernel(self, x, io: tuple[int, int]):
+    """The (k, k, *io) float32 kernel, and x and it in the compute dtype."""
+    k = self.kernel_size
+    kernel = self.param("kernel", INITS[self.init_scheme][0], (k, k, *io), jnp.float32)
+    return x.astype(self.dtype), kernel.astype(self.dtype)
+
+
+class Conv(_BiaslessConv):
   """``nn.Conv`` without bias (same parameter), fast to differentiate on XLA:CPU.
 
   Stride-2 layers take their input gradient as a sub-pixel transposed conv
   (``conv_subpixel_grad``), measured faster than XLA's lhs-dilated one.
   """
 
-  features: int
-  kernel_size: int
-  stride: int = 1
-  padding: int = 0
-  dtype: Dtype = jnp.float32
-  init_scheme: str = "pytorch"
-
   @nn.compact
   def __call__(self, x):
-    k = self.kernel_size
-    kernel = self.param("kernel", INITS[self.init_scheme][0], (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = self._cast_kernel(x, (x.shape[-1], self.features))
     fn = conv_subpixel_grad if self.stride == 2 else conv
     return fn(x, kernel, self.stride, self.padding)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(_BiaslessConv):
   """PyTorch-style ConvTranspose2d without bias, fast to differentiate on XLA."""
-
-  features: int
-  kernel_size: int
-  stride: int = 1
-  padding: int = 0
-  dtype: Dtype = jnp.float32
-  init_scheme: str = "pytorch"
 
   @nn.compact
   def __call__(self, x):
-    k = self.kernel_size
-    kernel = self.param("kernel", INITS[self.init_scheme][0], (k, k, self.features, x.shape[-1]),
-                        jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    x, kernel = self._cast_kernel(x, (self.features, x.shape[-1]))
     if x.shape[1:3] == (1, 1) and self.padding == 0:
       return conv_transpose_dense(x, kernel, self.stride, self.padding)
     return conv_transpose(x, kernel, self.stride, self.padding)
