@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic_size = 2048      # images in the synthetic set
   c.shuffle_buffer = 10_000
   c.cache = True               # keep decoded crops in memory after epoch 1
+  # Keep the in-memory images (uint8) on every device and gather each batch
+  # there: no per-step host->device copy (for GPUs/TPUs; needs cache=True or a
+  # synthetic/tfds dataset).
+  c.input_on_device = False
 
   # Models.
   c.nz = 100

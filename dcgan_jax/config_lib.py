@@ -151,5 +151,11 @@ def validate(config, device_count: int | None = None) -> None:
       problems.append(
           f"config.batch_size={batch}: must be divisible by the number of devices "
           f"({device_count}), e.g. {max(1, batch // device_count) * device_count}")
+  if (config.get("input_on_device") is True and config.get("cache") is False
+      and config.get("dataset") != "synthetic"
+      and not str(config.get("dataset")).startswith("tfds:")):
+    problems.append(
+        "config.input_on_device=True: needs the images in memory; set "
+        "config.cache=True (or input_on_device=False to stream from disk)")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -11,9 +11,13 @@ import os
 
 # oneDNN convolutions/matmuls instead of Eigen's: faster convs on x86 with
 # AVX-512 (bench/layers.py: D.conv2 fwd+bwd 326 -> 205 ms at batch 64).
+# YNNPACK only for dots and reductions: jaxlib 0.10 also hands it every
+# convolution by default, and its convolutions made the whole step 1.3x
+# slower here (46 -> 60 img/s without them at batch 64; bench/README.md).
 FAST_CPU_FLAGS = (
     "--xla_cpu_use_onednn=true",
     "--xla_cpu_experimental_onednn_custom_call=true",
+    "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce",
 )
 
 

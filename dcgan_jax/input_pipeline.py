@@ -61,6 +61,9 @@ class Input:
   # files whose data fails to decode as it meets them.
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   num_files: int = 0      # files this host listed, skipped ones included
+  # The in-memory paths' uint8 (N, S, S, 3) images of this host, which
+  # ``batches`` gathers from (for ``device_input``); None when streaming.
+  images: np.ndarray | None = None
 
 
 def list_image_files(path: str) -> list[str]:
@@ -385,7 +388,7 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
   steps = len(images) // batch
   _check_steps(steps, total, config.batch_size, desc)
   return Input(array_batches(images, batch, seed, start_step), total, steps,
-               desc + " (in memory)")
+               desc + " (in memory)", images=images)
 
 
 def _folder_input(config, start_step: int, process_index: int,
@@ -423,7 +426,7 @@ def _folder_input(config, start_step: int, process_index: int,
   _check_steps(num // batch, num * process_count, config.batch_size, desc)
   if config.cache:
     return Input(array_batches(images, batch, seed, start_step), num * process_count,
-                 num // batch, desc + " (in memory)", skipped, per_host)
+                 num // batch, desc + " (in memory)", skipped, per_host, images)
   return Input(_stream_batches(files, size, batch, seed, start_step, skipped),
                num * process_count, num // batch, desc + " (streamed)", skipped, per_host)
 

@@ -153,7 +153,9 @@ def conv_transpose_subpixel(x, kernel, stride: int, padding: int):
   for ty, lo_y, hi_y, _ in rows:
     row = []
     for tx, lo_x, hi_x, _ in cols:
-      sub = kio[jnp.array(ty)][:, jnp.array(tx)]
+      # taps t0 + s*j, reversed, as a strided slice and a flip (index arrays
+      # made XLA gather the sub-kernel in every call).
+      sub = lax.rev(kio[ty[-1]::s, tx[-1]::s], (0, 1))
       row.append(lax.conv_general_dilated(
           x, sub, (1, 1), [(lo_y, hi_y), (lo_x, hi_x)], dimension_numbers=_DIMS))
     phases.append(jnp.stack(row, axis=3))  # (B, M, N, sx, C)

@@ -15,6 +15,7 @@ and averages gradients over the mapped axis ``parallel.AXIS``; with
 """
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -337,6 +338,20 @@ class BestFid:
     self.ckpts.close()
 
 
+def _device_batches(config, inp, runner, start: int) -> Iterator:
+  """(host batch thunk, device batch) pairs; the thunk feeds the real-image grid."""
+  if not config.input_on_device:
+    return _prefetch(((lambda b=b: b), runner.put_batch(b)) for b in inp.batches)
+  if inp.images is None:
+    raise ValueError(f"config.input_on_device=True needs the in-memory path; {inp.description} "
+                     "is streamed: set config.cache=True.")
+  from dcgan_jax import device_input  # noqa: PLC0415
+  dev = device_input.DeviceBatches(inp.images, config.batch_size // jax.process_count(),
+                                   config.seed, runner.kind, start)
+  return ((functools.partial(dev.host_batch, step), b)
+          for step, b in zip(itertools.count(start), dev))
+
+
 def train_and_evaluate(config, workdir: str) -> GANState:
   """Trains the GAN described by ``config``, writing summaries to ``workdir``.
 
@@ -390,8 +405,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     # FID, so the best checkpoint is kept in single-process runs only.
     if evaluator is not None and jax.process_count() == 1:
       best = BestFid(workdir)
-  # (host batch, device batch): the host copy feeds the grid of real images.
-  batches = _prefetch((b, runner.put_batch(b)) for b in inp.batches)
+  batches = _device_batches(config, inp, runner, start)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   acc: dict[str, Any] = {}
   t_log, n_log = None, 0
@@ -402,7 +416,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   stop = preemption.StopSignal().install()
 
   for step in range(start, total):
-    host_batch, batch = next(batches)
+    real_grid, batch = next(batches)
     pstate, out = runner.step(pstate, batch, step % config.d_every == 0,
                               step % config.g_every == 0)
     for k, m in runner.get(out).items():
@@ -425,7 +439,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     if is_chief and (done % config.plot_every == 0 or done == total):
       guard.check(acc, nan_hint)
       _write_grids(writer, workdir, done, sampler, runner.get(pstate),
-                   fixed_z, host_batch)
+                   fixed_z, real_grid())
     # Not forced at the last step: on a CPU a short run would spend far longer
     # scoring fid.num_samples images than training (use --mode=eval instead).
     if evaluator is not None and done % config.fid.eval_every == 0:

@@ -1,0 +1,69 @@
+"""The device-resident input path gives the in-memory path's batches."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from dcgan_jax import config_lib, device_input, train
+
+# Batch k from the devices vs batch k from the host path, split over the
+# devices by the runner: equal across an epoch boundary and from a resume
+# point (50 images, batch 8: 6 steps per epoch; steps 5..18).
+_COMPARE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from dcgan_jax import device_input, input_pipeline, parallel
+    images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    kind = sys.argv[1]
+    runner = parallel.make_runner(lambda s, b, d, g: (s, b), kind)
+    dev = device_input.DeviceBatches(images, 8, 3, kind, start_step=5)
+    host = input_pipeline.array_batches(images, 8, 3, start_step=5)
+    for k in range(5, 19):
+      d = np.asarray(next(dev))
+      h = np.asarray(runner.put_batch(next(host)))
+      assert d.shape == h.shape, (d.shape, h.shape)
+      np.testing.assert_allclose(d, h, rtol=0, atol=1e-6)
+      np.testing.assert_array_equal(dev.host_batch(k), input_pipeline.to_float(
+          images[np.sort(input_pipeline.epoch_order(50, 8, 3, k // 6).reshape(6, 8)[k % 6])]))
+    print("ok", kind, d.shape)
+""")
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_device_batches_equal_the_host_batches(kind, devices):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  out = subprocess.run([sys.executable, "-c", _COMPARE, kind], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  shape = (devices, 8 // devices, 8, 8, 3) if kind == "pmap" else (8, 8, 8, 3)
+  assert f"ok {kind} {shape}" in out.stdout
+
+
+def test_training_on_device_input_matches_the_host_path(tmp_path):
+  finals = []
+  for on_device in (False, True):
+    config = tiny_config(input_on_device=on_device)
+    finals.append(train.train_and_evaluate(config, str(tmp_path / str(on_device))))
+  host, dev = (jax.tree_util.tree_leaves((s.g.params, s.d.params)) for s in finals)
+  assert int(finals[1].step) == 3
+  for a, b in zip(host, dev, strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_streamed_input_cannot_live_on_the_device(tmp_path):
+  config = tiny_config(input_on_device=True, cache=False, dataset=str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match="config.input_on_device=True"):
+    config_lib.validate(config)
+
+
+def test_an_unknown_wrapper_is_named():
+  with pytest.raises(ValueError, match="config.parallel='tpu'"):
+    device_input.DeviceBatches(np.zeros((16, 8, 8, 3), np.uint8), 4, 0, "tpu")
