@@ -6,7 +6,9 @@
 
 Paths: ``memory`` (the default ``cache=True``: decode the folder once, then
 numpy gathers float32 batches), ``stream`` (``cache=False``: tf.data decodes
-every batch from disk), ``synthetic`` (procedural faces, in memory). For each
+every batch from disk), ``synthetic`` (procedural faces, in memory),
+``device`` (``input_on_device``: the decoded uint8 set on the device, batches
+gathered and normalised there; timed to ``block_until_ready``). For each
 prints the one-off setup time (decoding, for the cached paths) and the steady
 batch rate, measured over ``--batches`` batches after the first.
 """
@@ -27,11 +29,13 @@ def main():
       HERE, "..", "..", "shared", "data", "anime-faces-96", "face"))
   ap.add_argument("--batch", type=int, default=256)
   ap.add_argument("--batches", type=int, default=20)
-  ap.add_argument("--paths", default="memory,stream,synthetic")
+  ap.add_argument("--paths", default="memory,stream,synthetic,device")
   args = ap.parse_args()
 
+  import jax  # noqa: PLC0415
+
   from configs import anime  # noqa: PLC0415
-  from dcgan_jax import input_pipeline  # noqa: PLC0415
+  from dcgan_jax import device_input, input_pipeline  # noqa: PLC0415
 
   for path in args.paths.split(","):
     config = anime.get_config()
@@ -40,11 +44,15 @@ def main():
     config.cache = path != "stream"
     t0 = time.perf_counter()
     inp = input_pipeline.create_input(config, process_index=0, process_count=1)
-    first = next(inp.batches)
+    if path == "device":
+      inp.batches = device_input.DeviceBatches(inp.images, args.batch, config.seed, "pmap")
+      inp.description += ", gathered on the device"
+    first = jax.block_until_ready(next(inp.batches))
     setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(args.batches):
       b = next(inp.batches)
+    jax.block_until_ready(b)
     dt = time.perf_counter() - t0
     assert b.shape == first.shape
     print(f"{path:10s} {inp.description}: setup {setup:.1f}s, batch {b.shape} {b.dtype}, "

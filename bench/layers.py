@@ -50,6 +50,10 @@ def main():
   ap.add_argument("--parts", default="fwd,dx,dw,all")
   args = ap.parse_args()
 
+  from dcgan_jax import cpu_flags  # noqa: PLC0415
+
+  cpu_flags.use_fast_cpu_flags()  # as main.py does, before JAX starts
+
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 

@@ -62,7 +62,7 @@ class DeviceBatches:
     devices = jax.local_devices()
     if kind == "pmap":
       self._images = parallel.replicate(images)
-      self._ranks = jax.pmap(lambda r: r)(ranks)
+      self._ranks = parallel.to_devices(ranks)
       self._put_order = parallel.replicate
       self._fn = jax.pmap(
           lambda im, order, row, rank: _gather(im, order, row, rank, per_device),
@@ -87,19 +87,20 @@ class DeviceBatches:
     self._epoch = None
     self._order = None
 
+  def _rows(self, epoch: int) -> np.ndarray:
+    """The epoch's batches as rows of indices, each sorted as the host path sorts it."""
+    order = input_pipeline.epoch_order(self.num, self.batch, self.seed, epoch)
+    return np.sort(order.reshape(self.steps_per_epoch, self.batch), axis=1).astype(np.int32)
+
   def _order_for(self, epoch: int):
     if epoch != self._epoch:
-      order = input_pipeline.epoch_order(self.num, self.batch, self.seed, epoch)
-      order = np.sort(order.reshape(self.steps_per_epoch, self.batch), axis=1)
-      self._order, self._epoch = self._put_order(order.astype(np.int32)), epoch
+      self._order, self._epoch = self._put_order(self._rows(epoch)), epoch
     return self._order
 
   def host_batch(self, step: int) -> np.ndarray:
     """Batch ``step`` gathered on the host (for grids of real images)."""
     epoch, row = divmod(step, self.steps_per_epoch)
-    order = input_pipeline.epoch_order(self.num, self.batch, self.seed, epoch)
-    idx = np.sort(order.reshape(self.steps_per_epoch, self.batch)[row])
-    return input_pipeline.to_float(self._host[idx])
+    return input_pipeline.to_float(self._host[self._rows(epoch)[row]])
 
   def __iter__(self) -> Iterator:
     return self

@@ -95,12 +95,21 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
 
 # --- pmap: a leading local-device axis -------------------------------------
 
+def to_devices(tree):
+  """Host arrays with a leading local-device axis -> one slice per device.
+
+  Placed by a pmap over ``AXIS``, the step's own axis: arrays placed under
+  another axis name carry another sharding, and the step would compile a
+  second time for them.
+  """
+  return jax.pmap(lambda x: x, axis_name=AXIS)(tree)
+
+
 def replicate(tree):
   """Puts one copy of ``tree`` on every local device (leading device axis)."""
   n = jax.local_device_count()
-  stacked = jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
-  return jax.pmap(lambda x: x)(stacked)
+  return to_devices(jax.tree_util.tree_map(
+      lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree))
 
 
 def unreplicate(tree):

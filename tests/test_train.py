@@ -3,7 +3,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_config
+from jax import monitoring
 
 from dcgan_jax import input_pipeline, parallel, train
 
@@ -71,3 +73,26 @@ def test_step_is_deterministic():
   a = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
   b = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
   assert _max_abs_diff(a, b) == 0
+
+
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_the_step_compiles_once(kind):
+  # A state placed under another pmap axis name than the step's own used to
+  # make the second step compile again (and the first logged img/s wrong).
+  compiles = []
+  monitoring.register_event_duration_secs_listener(
+      lambda name, secs, **kw: compiles.append(name) if "backend_compile" in name else None)
+  config = tiny_config()
+  g, d = train.make_models(config, parallel.AXIS)
+  runner = parallel.make_runner(functools.partial(
+      train.train_step, generator=g, discriminator=d, nz=config.nz), kind)
+  state = runner.put_state(train.create_train_state(config, jax.random.PRNGKey(0)))
+  batch = runner.put_batch(next(input_pipeline.create_input(config).batches))
+  state, _ = runner.step(state, batch, True, True)
+  jax.block_until_ready(state)
+  first = len(compiles)
+  for _ in range(3):
+    state, _ = runner.step(state, batch, True, True)
+  jax.block_until_ready(state)
+  assert first >= 1
+  assert len(compiles) == first
