@@ -40,8 +40,10 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   Returns:
     {'imgs_per_s', 'ms_per_step', 'first_call_s', 'loss_d', 'loss_g',
-     'compiled_variants'}, timed after compilation with ``block_until_ready``.
+     'compiled_variants', 'page_faults_per_step', 'sys_s_per_step'}, timed after
+    compilation with ``block_until_ready``.
   """
+  import resource  # noqa: PLC0415
   import time  # noqa: PLC0415
 
   import jax  # noqa: PLC0415
@@ -60,15 +62,17 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
   for _ in range(warmup):
     pstate, out = p_step(pstate, batch, True, True)
   jax.block_until_ready((pstate, out))
-  t0 = time.perf_counter()
+  r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
   for _ in range(steps):
     pstate, out = p_step(pstate, batch, True, True)
   jax.block_until_ready((pstate, out))
-  dt = time.perf_counter() - t0
+  dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
   m = parallel.unreplicate(out)
   # A step that recompiled would show here; pmap caches per static args.
   sizes = p_step._cache_size() if hasattr(p_step, "_cache_size") else "n/a"
   return {"imgs_per_s": b * steps / dt, "ms_per_step": 1000 * dt / steps,
           "first_call_s": first, "compiled_variants": sizes,
+          "page_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+          "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
           "loss_d": float(m["d"].compute()["loss_d"]),
           "loss_g": float(m["g"].compute()["loss_g"])}

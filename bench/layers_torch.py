@@ -35,6 +35,8 @@ def main():
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--threads", type=int, default=0, help="0 = os.cpu_count()")
   ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  ap.add_argument("--matmul", action="store_true",
+                  help="also time a 2048x2048 matmul (fp32, bf16): the dense peak")
   args = ap.parse_args()
 
   import torch  # noqa: PLC0415
@@ -42,6 +44,11 @@ def main():
 
   torch.set_num_threads(args.threads or os.cpu_count())
   dtype = getattr(torch, args.dtype)
+  if args.matmul:
+    for dt in (torch.float32, torch.bfloat16):
+      a = torch.randn(2048, 2048, dtype=dt)
+      t = _best(lambda a=a: a @ a, args.reps)
+      print(f"matmul {str(dt):15s} {1e3 * t:8.2f} ms {2 * 2048**3 / t / 1e9:7.1f} GFLOP/s")
   b = args.batch
   print(f"{'layer':10s} {'part':6s} {'ms':>8s} {'GFLOP/s':>8s}")
   for name, kind, hw, cin, cout, k, s, p in LAYERS:

@@ -45,6 +45,8 @@ def main():
         f"steps={args.steps} warmup={args.warmup} dtype={config.dtype} "
         f"first_call_s={r['first_call_s']:.1f} compiled_variants={r['compiled_variants']}")
   print(f"lossD={r['loss_d']:.4f} lossG={r['loss_g']:.4f}")
+  print(f"page_faults_per_step={r['page_faults_per_step']:.0f} "
+        f"sys_s_per_step={r['sys_s_per_step']:.3f}")
   print(f"ms_per_step={r['ms_per_step']:.2f}")
   print(f"imgs_per_s={r['imgs_per_s']:.2f}")
 
