@@ -69,7 +69,7 @@ def main():
   import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import device_input  # noqa: PLC0415
+  from dcgan_jax import device_input, parallel  # noqa: PLC0415
 
   dev = jax.devices()[0]
   print(f"device={dev.platform}:{getattr(dev, 'device_kind', '')} jax={jax.__version__} "
@@ -85,7 +85,8 @@ def main():
   if args.input_images:
     images = np.random.default_rng(0).integers(0, 256, (args.input_images, 96, 96, 3),
                                                dtype=np.uint8)
-    batches = device_input.DeviceBatches(images, args.batch, 0, "pmap")
+    batches = device_input.DeviceBatches(images, args.batch, 0,
+                                           parallel.make_runner(lambda *a: a, "pmap"))
     jax.block_until_ready(next(batches))
     t0 = time.perf_counter()
     for _ in range(args.steps):

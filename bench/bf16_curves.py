@@ -22,16 +22,16 @@ def run(dtype: str, args):
   import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import input_pipeline, parallel  # noqa: PLC0415
+  from dcgan_jax import input_pipeline  # noqa: PLC0415
 
   config = common.get_config("demo", dtype=dtype, ngf=args.width, ndf=args.width,
                              batch_size=args.batch)
-  pstate, p_step = common.build_step(config)
+  state, runner = common.build_step(config)
   inp = input_pipeline.create_input(config, process_index=0, process_count=1)
   losses, t0 = [], None
   for step, batch in zip(range(args.steps), inp.batches, strict=False):
-    pstate, out = p_step(pstate, parallel.shard(batch), True, True)
-    m = parallel.unreplicate(out)
+    state, out = runner.step(state, runner.put_batch(batch), True, True)
+    m = runner.get(out)
     losses.append((float(m["d"].compute()["loss_d"]), float(m["g"].compute()["loss_g"])))
     if step == 0:
       t0 = time.perf_counter()

@@ -9,7 +9,6 @@ convolutions), not a speed-up.
 """
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -17,10 +16,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from configs import demo  # noqa: E402
-from dcgan_jax import parallel, train  # noqa: E402
+from bench import common  # noqa: E402
+from dcgan_jax import parallel  # noqa: E402
 
 
 def main():
@@ -28,24 +26,14 @@ def main():
   ap.add_argument("--parallel", default="pmap", choices=parallel.WRAPPERS)
   ap.add_argument("--batch", type=int, default=64, help="global batch")
   ap.add_argument("--width", type=int, default=32, help="ngf = ndf")
-  ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-ups)")
+  ap.add_argument("--steps", type=int, default=5, help="timed steps (after a warm-up)")
   args = ap.parse_args()
-  config = demo.get_config()
-  config.batch_size, config.ngf, config.ndf = args.batch, args.width, args.width
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  g, d = train.make_models(config, parallel.AXIS)
-  runner = parallel.make_runner(
-      functools.partial(train.train_step, generator=g, discriminator=d, nz=config.nz),
-      args.parallel)
-  batch = np.random.default_rng(0).uniform(
-      -1, 1, (args.batch, config.image_size, config.image_size, 3)).astype(np.float32)
-  s = runner.put_state(state)
-  dev_batch = runner.put_batch(batch)
-  # Two warm-up steps: pmap compiles again for the state it returned itself
-  # (a sharding differing from replicate's), shard_map does not.
-  for _ in range(2):
-    s, _ = runner.step(s, dev_batch, True, True)
-    jax.block_until_ready(s)
+  config = common.get_config("demo", batch_size=args.batch, ngf=args.width,
+                             ndf=args.width, parallel=args.parallel)
+  s, runner = common.build_step(config)
+  dev_batch = runner.put_batch(common.random_batch(config))
+  s, _ = runner.step(s, dev_batch, True, True)  # compiles
+  jax.block_until_ready(s)
   t, c = time.perf_counter(), time.process_time()
   for _ in range(args.steps):
     s, _ = runner.step(s, dev_batch, True, True)

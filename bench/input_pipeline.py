@@ -35,7 +35,7 @@ def main():
   import jax  # noqa: PLC0415
 
   from configs import anime  # noqa: PLC0415
-  from dcgan_jax import device_input, input_pipeline  # noqa: PLC0415
+  from dcgan_jax import device_input, input_pipeline, parallel  # noqa: PLC0415
 
   for path in args.paths.split(","):
     config = anime.get_config()
@@ -45,7 +45,8 @@ def main():
     t0 = time.perf_counter()
     inp = input_pipeline.create_input(config, process_index=0, process_count=1)
     if path == "device":
-      inp.batches = device_input.DeviceBatches(inp.images, args.batch, config.seed, "pmap")
+      inp.batches = device_input.DeviceBatches(
+          inp.images, args.batch, config.seed, parallel.make_runner(lambda *a: a, "pmap"))
       inp.description += ", gathered on the device"
     first = jax.block_until_ready(next(inp.batches))
     setup = time.perf_counter() - t0

@@ -75,25 +75,22 @@ def main():
                              + " --xla_cpu_enable_xprof_traceme=true").strip()
 
   import jax  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import parallel  # noqa: PLC0415
 
   config = common.get_config("anime", batch_size=args.batch)
-  pstate, p_step = common.build_step(config)
-  host = np.random.default_rng(0).uniform(-1, 1, (args.batch, 96, 96, 3)).astype(np.float32)
-  batch = parallel.to_devices(parallel.shard(host))
+  state, runner = common.build_step(config)
+  batch = runner.put_batch(common.random_batch(config))
   for _ in range(2):
-    pstate, _ = p_step(pstate, batch, True, True)
-  jax.block_until_ready(pstate)
-  kinds = _op_kinds(p_step.lower(pstate, batch, True, True).compile().as_text())
+    state, _ = runner.step(state, batch, True, True)
+  jax.block_until_ready(state)
+  kinds = _op_kinds(runner.step.lower(state, batch, True, True).compile().as_text())
 
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp):
       for _ in range(args.steps):
-        pstate, _ = p_step(pstate, batch, True, True)
-      jax.block_until_ready(pstate)
+        state, _ = runner.step(state, batch, True, True)
+      jax.block_until_ready(state)
     trace = json.load(gzip.open(glob.glob(f"{tmp}/plugins/profile/*/*.trace.json.gz")[0]))
   events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
   wall = sum(e["dur"] for e in events

@@ -3,7 +3,7 @@
 
 Builds exactly what ``train.train_and_evaluate`` runs: ``create_train_state``,
 ``make_models`` with the BatchNorm axis, and
-``parallel.pmap_step(functools.partial(train.train_step, ...))`` over all
+``parallel.make_runner(functools.partial(train.train_step, ...))`` over all
 local devices (state donated). One iteration is a D step + a G step, the
 PyTorch reference's iteration. The batch is a fixed random batch already on
 the device, so only the step is timed (after compilation, with
@@ -43,7 +43,7 @@ def main():
   r = common.time_step(config, args.steps, args.warmup)
   print(f"jax {jax.__version__} devices={jax.local_device_count()} batch={args.batch} "
         f"steps={args.steps} warmup={args.warmup} dtype={config.dtype} "
-        f"first_call_s={r['first_call_s']:.1f} compiled_variants={r['compiled_variants']}")
+        f"first_call_s={r['first_call_s']:.1f}")
   print(f"lossD={r['loss_d']:.4f} lossG={r['loss_g']:.4f}")
   print(f"page_faults_per_step={r['page_faults_per_step']:.0f} "
         f"sys_s_per_step={r['sys_s_per_step']:.3f}")

@@ -131,15 +131,15 @@ class Checkpoints:
     self._manager.close()
 
   def _step_or_latest(self, step: int | None) -> int:
+    steps = self.all_steps()
     if step is not None:
-      if step not in self.all_steps():
+      if step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
-                                f"(steps there: {self.all_steps()}).")
+                                f"(steps there: {steps}).")
       return step
-    latest = self.latest_step()
-    if latest is None:
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
-    return latest
+    return steps[-1]
 
 
 def locate(path: str) -> tuple[str, int | None]:
@@ -205,15 +205,14 @@ def restore_or_init(ckpts: Checkpoints, state, config):
 
 def _restore_or_init(ckpts: Checkpoints, state, config):
   if (step := ckpts.latest_step()) is not None:
-    check_config(ckpts.config(step), config, ckpts.step_path(step))
-    state = ckpts.restore(state, step)
-    logging.info("Resumed from step %d (%s).", step, ckpts.step_path(step))
+    source, message = ckpts, "Resumed from step %d (%s)."
+  elif config.init_from:
+    (source, step), message = open_for_reading(config.init_from), "Initialised from step %d of %s."
+  else:
     return state
-  if config.init_from:
-    other, step = open_for_reading(config.init_from)
-    check_config(other.config(step), config, other.step_path(step))
-    state = other.restore(state, step)
-    logging.info("Initialised from step %d of %s.", step, other.step_path(step))
-    other.close()
-    return state
+  check_config(source.config(step), config, source.step_path(step))
+  state = source.restore(state, step)
+  logging.info(message, step, source.step_path(step))
+  if source is not ckpts:
+    source.close()
   return state

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import ml_collections
 
+from dcgan_jax import models, parallel
+
 # The sizes the architecture produces: its layers turn a 1x1 latent into
 # 4, 8, 16, 32 and then 96 pixels (see models.py).
 IMAGE_SIZES = (96,)
@@ -71,8 +73,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "gen_std": _positive_float(),
     "interp_rows": _at_least(1),
     "interp_steps": _at_least(2),
-    "init_scheme": _in(("pytorch", "dcgan")),
-    "parallel": _in(("pmap", "shard_map")),
+    "init_scheme": _in(tuple(models.INITS)),
+    "parallel": _in(parallel.WRAPPERS),
     "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
 }
 

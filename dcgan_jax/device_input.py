@@ -18,6 +18,7 @@ path mainly saves the host-side float conversion; it is meant for GPUs/TPUs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -32,7 +33,7 @@ from dcgan_jax import input_pipeline, parallel
 
 def _gather(images, order, row, rank, per_device: int):
   """This device's share of batch ``row``: float32 in [-1, 1]."""
-  idx = lax.dynamic_slice_in_dim(order[row], rank * per_device, per_device)
+  idx = lax.dynamic_slice_in_dim(order[row], rank[0] * per_device, per_device)
   return images[idx].astype(jnp.float32) * np.float32(1 / 127.5) - np.float32(1)
 
 
@@ -43,64 +44,49 @@ class DeviceBatches:
     images: this host's (N, S, S, 3) uint8 images.
     batch: this host's batch (config.batch_size / process count).
     seed: the data seed (config.seed).
-    kind: the runner's wrapper, 'pmap' or 'shard_map'.
+    runner: the training ``parallel.Runner``: its wrapper maps the gather, its
+      ``put_state`` replicates the index order and its ``put_batch`` gives each
+      device its rank, so the shares land as ``put_batch`` puts host batches.
     start_step: the first batch (resume).
   """
 
-  def __init__(self, images: np.ndarray, batch: int, seed: int, kind: str,
+  def __init__(self, images: np.ndarray, batch: int, seed: int, runner: parallel.Runner,
                start_step: int = 0):
-    n_local = jax.local_device_count()
-    if batch % n_local:
-      raise ValueError(f"the host batch ({batch}) must split evenly over {n_local} "
-                       "local devices; pick config.batch_size accordingly.")
-    self.num, self.batch, self.seed, self.kind = len(images), batch, seed, kind
-    self._host = images
-    self.steps_per_epoch = self.num // batch
+    per_device = parallel.per_device(batch)
+    self._images_host, self.batch, self.seed = images, batch, seed
+    self.steps_per_epoch = len(images) // batch
     self.step = start_step
-    per_device = batch // n_local
-    ranks = np.arange(n_local, dtype=np.int32)
-    devices = jax.local_devices()
-    if kind == "pmap":
+    self._put_order = runner.put_state
+    self._ranks = runner.put_batch(np.arange(jax.local_device_count(), dtype=np.int32))
+    gather = functools.partial(_gather, per_device=per_device)
+    if runner.kind == "pmap":
       self._images = parallel.replicate(images)
-      self._ranks = parallel.to_devices(ranks)
-      self._put_order = parallel.replicate
-      self._fn = jax.pmap(
-          lambda im, order, row, rank: _gather(im, order, row, rank, per_device),
-          axis_name=parallel.AXIS, in_axes=(0, 0, None, 0))
-    elif kind == "shard_map":
+      self._fn = jax.pmap(gather, axis_name=parallel.AXIS, in_axes=(0, 0, None, 0))
+    else:  # shard_map (make_runner accepts no other wrapper)
       mesh = parallel.make_mesh()
-      spec = NamedSharding(mesh, P(parallel.AXIS))
-      # One copy per local device, assembled without a host-side stack.
+      # A copy per local device, as a global array sharded over the devices
+      # (this host's images differ from other hosts': not a replicated array).
       self._images = jax.make_array_from_single_device_arrays(
-          (jax.device_count(), *images.shape), spec,
-          [jax.device_put(images[None], d) for d in devices])
-      # Local ranks map to devices as put_sharded maps the host batch's rows.
-      self._ranks = jax.make_array_from_process_local_data(spec, ranks)
-      self._put_order = lambda order: parallel.put_replicated(order, mesh)
-      body = jax.shard_map(
-          lambda im, order, row, rank: _gather(im[0], order, row, rank[0], per_device),
-          mesh=mesh, in_specs=(P(parallel.AXIS), P(), P(), P(parallel.AXIS)),
-          out_specs=P(parallel.AXIS), check_vma=False)
-      self._fn = jax.jit(body)
-    else:
-      raise ValueError(f"config.parallel={kind!r}: expected one of {parallel.WRAPPERS}.")
-    self._epoch = None
-    self._order = None
-
-  def _rows(self, epoch: int) -> np.ndarray:
-    """The epoch's batches as rows of indices, each sorted as the host path sorts it."""
-    order = input_pipeline.epoch_order(self.num, self.batch, self.seed, epoch)
-    return np.sort(order.reshape(self.steps_per_epoch, self.batch), axis=1).astype(np.int32)
+          (jax.device_count(), *images.shape), NamedSharding(mesh, P(parallel.AXIS)),
+          [jax.device_put(images[None], d) for d in jax.local_devices()])
+      self._fn = jax.jit(jax.shard_map(
+          lambda im, *rest: gather(im[0], *rest), mesh=mesh,
+          in_specs=(P(parallel.AXIS), P(), P(), P(parallel.AXIS)),
+          out_specs=P(parallel.AXIS), check_vma=False))
+    self._epoch, self._order = None, None
 
   def _order_for(self, epoch: int):
+    """The epoch's batches as rows of indices on the devices (once per epoch)."""
     if epoch != self._epoch:
-      self._order, self._epoch = self._put_order(self._rows(epoch)), epoch
+      order = input_pipeline.epoch_order(len(self._images_host), self.batch, self.seed, epoch)
+      # Rows sorted as array_batches sorts each batch.
+      rows = np.sort(order.reshape(self.steps_per_epoch, self.batch), axis=1)
+      self._order, self._epoch = self._put_order(rows.astype(np.int32)), epoch
     return self._order
 
   def host_batch(self, step: int) -> np.ndarray:
     """Batch ``step`` gathered on the host (for grids of real images)."""
-    epoch, row = divmod(step, self.steps_per_epoch)
-    return input_pipeline.to_float(self._host[self._rows(epoch)[row]])
+    return next(input_pipeline.array_batches(self._images_host, self.batch, self.seed, step))
 
   def __iter__(self) -> Iterator:
     return self

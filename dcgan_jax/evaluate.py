@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import time
 
-import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -24,26 +22,13 @@ from dcgan_jax import fid, train
 def restore_state(config, workdir: str):
   """The latest checkpoint of ``workdir``, or of ``config.init_from`` when set.
 
-  The model sizes, dtype and ``ema_decay`` (whether the state holds an EMA)
-  come from the checkpoint's saved config.
-
   Returns:
     (the restored ``GANState``, the config to build the models with).
   """
-  from dcgan_jax import checkpoints  # noqa: PLC0415 (orbax)
-  path = config.init_from or workdir
-  try:
-    ckpts, step = checkpoints.open_for_reading(path)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"{e} Train first (--mode=train with this workdir) or point "
-                            "--config.init_from at a trained workdir or checkpoint.") from e
-  saved = ckpts.config(step)
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  for key in (*checkpoints.MODEL_KEYS, "dtype", "ema_decay"):
-    cfg[key] = saved.get(key, cfg[key])
-  state = ckpts.restore(train.create_train_state(cfg, jax.random.PRNGKey(0)), step)
-  ckpts.close()
-  logging.info("Evaluating %s", ckpts.step_path(step))
+  state, cfg, path = train.restore_trained(
+      config, workdir, "Train first (--mode=train with this workdir) or point "
+      "--config.init_from at a trained workdir or checkpoint.")
+  logging.info("Evaluating %s", path)
   return state, cfg
 
 

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from dcgan_jax import checkpoints, sampling, train
+from dcgan_jax import sampling, train
 
 
 class Models(NamedTuple):
@@ -37,33 +37,22 @@ def load_models(config, workdir: str) -> Models:
   Returns:
     ``Models`` (G, its variables, D, its variables, nz, where they came from).
   """
-  cfg = ml_collections.ConfigDict(config.to_dict())
   if config.torch_netg or config.torch_netd:
     if not (config.torch_netg and config.torch_netd):
       raise ValueError("pass both --config.torch_netg=PATH and --config.torch_netd=PATH "
                        "(generate ranks G's samples with D).")
     from dcgan_jax import torch_import  # noqa: PLC0415
+    cfg = ml_collections.ConfigDict(config.to_dict())
     g_vars, cfg.nz, cfg.ngf = torch_import.load_netg(config.torch_netg)
     d_vars, cfg.ndf = torch_import.load_netd(config.torch_netd)
     source = f"{config.torch_netg} + {config.torch_netd}"
   else:
-    path = config.init_from or workdir
-    try:
-      ckpts, step = checkpoints.open_for_reading(path)
-    except FileNotFoundError as e:
-      raise FileNotFoundError(
-          f"{e} Train first (--mode=train with this workdir), point "
-          "--config.init_from at a trained workdir, or load the PyTorch original's "
-          "nets with --config.torch_netg=... --config.torch_netd=...") from e
-    saved = ckpts.config(step)
-    for key in (*checkpoints.MODEL_KEYS, "dtype"):
-      cfg[key] = saved[key]
-    cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
-    state = ckpts.restore(train.create_train_state(cfg, jax.random.PRNGKey(0)), step)
-    ckpts.close()
+    state, cfg, source = train.restore_trained(
+        config, workdir, "Train first (--mode=train with this workdir), point "
+        "--config.init_from at a trained workdir, or load the PyTorch original's "
+        "nets with --config.torch_netg=... --config.torch_netd=...")
     # The EMA generator when the run kept one.
     g_vars, d_vars = train.sampling_variables(state), state.d.variables
-    source = ckpts.step_path(step)
   generator, discriminator = train.make_models(cfg)
   return Models(generator, g_vars, discriminator, d_vars, cfg.nz, source)
 

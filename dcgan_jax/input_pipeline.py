@@ -182,8 +182,12 @@ def check_dataset(dataset: str) -> None:
     if (r := probe_image(f)) is None:
       return
     reasons.append((f, r))
-  raise ValueError(
-      f"no readable image below {dataset!r}: {format_skipped(reasons, len(files))}. "
+  raise _no_readable_image(dataset, reasons, len(files))
+
+
+def _no_readable_image(dataset: str, skipped, total: int) -> ValueError:
+  return ValueError(
+      f"no readable image below {dataset!r}: {format_skipped(skipped, total)}. "
       "Expected a folder of JPEG/PNG images at any depth, e.g. data/face/00001.jpg.")
 
 
@@ -405,9 +409,7 @@ def _folder_input(config, start_step: int, process_index: int,
   files = files[process_index::process_count][:per_host]
   files, skipped = probe_files(files)
   if not files:
-    raise ValueError(
-        f"no readable image below {dataset!r}: {format_skipped(skipped, per_host)}. "
-        "Expected a folder of JPEG/PNG images at any depth, e.g. data/face/00001.jpg.")
+    raise _no_readable_image(dataset, skipped, per_host)
   if config.cache:
     images = load_images(files, size, skipped)
     if not len(images):

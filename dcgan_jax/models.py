@@ -118,7 +118,7 @@ conv_transpose_dilated.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
 def _phase_taps(k: int, s: int, p: int, size_in: int, r: int):
-  """1-D sub-pixel phase ``r`` of a transposed conv: (taps, pad_lo, pad_hi, n_out).
+  """1-D sub-pixel phase ``r`` of a transposed conv: (t0, pad_lo, pad_hi, n_out).
 
   Output rows o = s*m + r receive x[m + q - j] * kernel[t0 + s*j] for
   t0 = (r + p) mod s, q = (r + p) // s: a stride-1 correlation of x with the
@@ -126,11 +126,11 @@ def _phase_taps(k: int, s: int, p: int, size_in: int, r: int):
   """
   size_out = (size_in - 1) * s - 2 * p + k
   t0, q = (r + p) % s, (r + p) // s
-  taps = list(range(t0, k, s))[::-1]
+  num_taps = len(range(t0, k, s))
   n_out = len(range(r, size_out, s))
-  lo = len(taps) - 1 - q
-  hi = n_out + len(taps) - 1 - size_in - lo
-  return taps, lo, hi, n_out
+  lo = num_taps - 1 - q
+  hi = n_out + num_taps - 1 - size_in - lo
+  return t0, lo, hi, n_out
 
 
 def conv_transpose_subpixel(x, kernel, stride: int, padding: int):
@@ -155,7 +155,7 @@ def conv_transpose_subpixel(x, kernel, stride: int, padding: int):
     for tx, lo_x, hi_x, _ in cols:
       # taps t0 + s*j, reversed, as a strided slice and a flip (index arrays
       # made XLA gather the sub-kernel in every call).
-      sub = lax.rev(kio[ty[-1]::s, tx[-1]::s], (0, 1))
+      sub = lax.rev(kio[ty::s, tx::s], (0, 1))
       row.append(lax.conv_general_dilated(
           x, sub, (1, 1), [(lo_y, hi_y), (lo_x, hi_x)], dimension_numbers=_DIMS))
     phases.append(jnp.stack(row, axis=3))  # (B, M, N, sx, C)
@@ -175,9 +175,7 @@ conv_transpose_hybrid.defvjp(
     _conv_transpose_bwd)
 
 
-def conv(x, kernel, stride: int, padding: int):
-  """Plain strided conv (HWIO kernel), XLA's own gradients."""
-  return _conv(x, kernel, stride, padding)
+conv = _conv  # the plain strided conv (HWIO kernel), XLA's own gradients
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -122,13 +122,23 @@ def unreplicate(tree):
   return jax.tree_util.tree_map(first, tree)
 
 
+def per_device(host_batch: int) -> int:
+  """Rows of a host batch of ``host_batch`` rows that each local device gets."""
+  n = jax.local_device_count()
+  if host_batch % n:
+    raise ValueError(f"the host batch ({host_batch}) must split evenly over "
+                     f"{n} local devices; pick config.batch_size accordingly.")
+  return host_batch // n
+
+
 def shard(batch: np.ndarray) -> np.ndarray:
   """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...)."""
-  n = jax.local_device_count()
-  if batch.shape[0] % n:
-    raise ValueError(f"the host batch ({batch.shape[0]}) must split evenly over "
-                     f"{n} local devices; pick config.batch_size accordingly.")
-  return batch.reshape(n, batch.shape[0] // n, *batch.shape[1:])
+  return batch.reshape(-1, per_device(batch.shape[0]), *batch.shape[1:])
+
+
+def put_local(batch: np.ndarray):
+  """This host's (local_batch, ...) -> its local devices' shares (pmap layout)."""
+  return to_devices(shard(batch))
 
 
 def pmap_step(step_fn, static_argnums=()):
@@ -165,10 +175,7 @@ def get_replicated(tree):
 
 def put_sharded(batch: np.ndarray, mesh):
   """This host's (local_batch, ...) -> the global batch sharded over ``AXIS``."""
-  n = jax.local_device_count()
-  if batch.shape[0] % n:
-    raise ValueError(f"the host batch ({batch.shape[0]}) must split evenly over "
-                     f"{n} local devices; pick config.batch_size accordingly.")
+  per_device(batch.shape[0])
   return jax.make_array_from_process_local_data(
       NamedSharding(mesh, P(AXIS)), batch)
 
@@ -223,7 +230,7 @@ def make_runner(step_fn, kind: str = "pmap", static_argnums=(2, 3)) -> Runner:
     A ``Runner``.
   """
   if kind == "pmap":
-    return Runner(pmap_step(step_fn, static_argnums), replicate, shard,
+    return Runner(pmap_step(step_fn, static_argnums), replicate, put_local,
                   unreplicate, kind)
   if kind == "shard_map":
     mesh = make_mesh()

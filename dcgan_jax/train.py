@@ -152,6 +152,34 @@ def sampling_variables(state: GANState):
   return state.ema if state.ema is not None else state.g.variables
 
 
+def restore_trained(config, workdir: str, hint: str):
+  """A trained run's latest checkpoint, for sampling or evaluation.
+
+  Args:
+    config: the current config; ``init_from``, when set, names the run (a
+      workdir, checkpoints folder or step folder) instead of ``workdir``.
+    workdir: the run whose checkpoints are used.
+    hint: appended to the error when there is no checkpoint (what to do).
+
+  Returns:
+    (state, config to build the models with: ``config`` with the checkpoint's
+    model sizes, dtype and ``ema_decay``, the checkpoint's folder).
+  """
+  import ml_collections  # noqa: PLC0415 (configs are ConfigDicts; not needed to train)
+  try:
+    ckpts, step = checkpoints.open_for_reading(config.init_from or workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e} {hint}") from e
+  saved = ckpts.config(step)
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  for key in (*checkpoints.MODEL_KEYS, "dtype"):
+    cfg[key] = saved[key]
+  cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
+  state = ckpts.restore(create_train_state(cfg, jax.random.PRNGKey(0)), step)
+  ckpts.close()
+  return state, cfg, ckpts.step_path(step)
+
+
 def bce(logits, target: float):
   """Mean sigmoid cross-entropy: the original's Sigmoid + BCELoss, stably."""
   return optax.sigmoid_binary_cross_entropy(
@@ -342,12 +370,10 @@ def _device_batches(config, inp, runner, start: int) -> Iterator:
   """(host batch thunk, device batch) pairs; the thunk feeds the real-image grid."""
   if not config.input_on_device:
     return _prefetch(((lambda b=b: b), runner.put_batch(b)) for b in inp.batches)
-  if inp.images is None:
-    raise ValueError(f"config.input_on_device=True needs the in-memory path; {inp.description} "
-                     "is streamed: set config.cache=True.")
   from dcgan_jax import device_input  # noqa: PLC0415
+  # config_lib.validate refuses input_on_device for streamed folders.
   dev = device_input.DeviceBatches(inp.images, config.batch_size // jax.process_count(),
-                                   config.seed, runner.kind, start)
+                                   config.seed, runner, start)
   return ((functools.partial(dev.host_batch, step), b)
           for step, b in zip(itertools.count(start), dev))
 
@@ -383,7 +409,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
                inp.description, inp.steps_per_epoch, start, total, jax.device_count())
   logging.info("Process %d of %d, %d local device(s), wrapper %s.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), config.get("parallel", "pmap"))
+               jax.process_count(), jax.local_device_count(), config.parallel)
 
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
@@ -392,7 +418,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
       functools.partial(train_step, generator=generator,
                         discriminator=discriminator, nz=config.nz,
                         ema_decay=config.ema_decay),
-      config.get("parallel", "pmap"))
+      config.parallel)
   fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
                               (config.num_plot, config.nz))
   pstate = runner.put_state(state)
@@ -444,9 +470,10 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     # scoring fid.num_samples images than training (use --mode=eval instead).
     if evaluator is not None and done % config.fid.eval_every == 0:
       guard.check(acc, nan_hint)
-      scores = _write_fid(writer, evaluator, done, sampler, runner.get(pstate))
+      host_state = runner.get(pstate)
+      scores = _write_fid(writer, evaluator, done, sampler, host_state)
       if best is not None:
-        best.update(scores["fid"], runner.get(pstate), config)
+        best.update(scores["fid"], host_state, config)
     # Hosts agree on stopping where they sync anyway (the logging steps).
     stopping = stop.should_stop(sync=done % config.log_every == 0)
     if done % save_every == 0 or done == total or stopping:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config
 
-from dcgan_jax import config_lib, device_input, train
+from dcgan_jax import config_lib, parallel, train
 
 # Batch k from the devices vs batch k from the host path, split over the
 # devices by the runner: equal across an epoch boundary and from a resume
@@ -22,7 +22,7 @@ _COMPARE = textwrap.dedent("""
     images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     kind = sys.argv[1]
     runner = parallel.make_runner(lambda s, b, d, g: (s, b), kind)
-    dev = device_input.DeviceBatches(images, 8, 3, kind, start_step=5)
+    dev = device_input.DeviceBatches(images, 8, 3, runner, start_step=5)
     host = input_pipeline.array_batches(images, 8, 3, start_step=5)
     for k in range(5, 19):
       d = np.asarray(next(dev))
@@ -65,5 +65,6 @@ def test_streamed_input_cannot_live_on_the_device(tmp_path):
 
 
 def test_an_unknown_wrapper_is_named():
+  # DeviceBatches maps its gather with the runner's wrapper: only make_runner's.
   with pytest.raises(ValueError, match="config.parallel='tpu'"):
-    device_input.DeviceBatches(np.zeros((16, 8, 8, 3), np.uint8), 4, 0, "tpu")
+    parallel.make_runner(lambda s, b, d, g: (s, b), "tpu")
