@@ -22,17 +22,18 @@ def run(dtype: str, args):
   import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import input_pipeline  # noqa: PLC0415
+  from dcgan_jax import input_pipeline, train  # noqa: PLC0415
 
   config = common.get_config("demo", dtype=dtype, ngf=args.width, ndf=args.width,
                              batch_size=args.batch)
-  state, runner = common.build_step(config)
+  state, step_fn = common.build_step(config)
+  runner = step_fn.runner
   inp = input_pipeline.create_input(config, process_index=0, process_count=1)
   losses, t0 = [], None
   for step, batch in zip(range(args.steps), inp.batches, strict=False):
-    state, out = runner.step(state, runner.put_batch(batch), True, True)
-    m = runner.get(out)
-    losses.append((float(m["d"].compute()["loss_d"]), float(m["g"].compute()["loss_g"])))
+    state, summary = step_fn.call(state, step_fn.summary, runner.put_batch(batch[None]), None)
+    m = train.host_scalars(runner.get(summary))
+    losses.append((m["loss_d"], m["loss_g"]))
     if step == 0:
       t0 = time.perf_counter()
   dt = time.perf_counter() - t0

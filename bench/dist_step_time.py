@@ -30,13 +30,13 @@ def main():
   args = ap.parse_args()
   config = common.get_config("demo", batch_size=args.batch, ngf=args.width,
                              ndf=args.width, parallel=args.parallel)
-  s, runner = common.build_step(config)
-  dev_batch = runner.put_batch(common.random_batch(config))
-  s, _ = runner.step(s, dev_batch, True, True)  # compiles
+  s, step = common.build_step(config)
+  dev_batch = step.runner.put_batch(common.random_batch(config))
+  s, _ = step.call(s, step.summary, dev_batch, None)  # compiles
   jax.block_until_ready(s)
   t, c = time.perf_counter(), time.process_time()
   for _ in range(args.steps):
-    s, _ = runner.step(s, dev_batch, True, True)
+    s, _ = step.call(s, step.summary, dev_batch, None)
   jax.block_until_ready(s)
   dt = (time.perf_counter() - t) / args.steps
   # CPU seconds per step (all threads): comparable even on a shared machine.

@@ -34,19 +34,21 @@ def main():
 
   import jax  # noqa: PLC0415
 
-  from configs import anime  # noqa: PLC0415
+  from bench import common  # noqa: PLC0415
   from dcgan_jax import device_input, input_pipeline, parallel  # noqa: PLC0415
 
   for path in args.paths.split(","):
-    config = anime.get_config()
-    config.batch_size = args.batch
+    config = common.get_config("anime", batch_size=args.batch)
     config.dataset = "synthetic" if path == "synthetic" else args.dataset
     config.cache = path != "stream"
     t0 = time.perf_counter()
     inp = input_pipeline.create_input(config, process_index=0, process_count=1)
-    if path == "device":
-      inp.batches = device_input.DeviceBatches(
-          inp.images, args.batch, config.seed, parallel.make_runner(lambda *a: a, "pmap"))
+    if path == "device":  # the rows' placement and the gather the step does first
+      runner = parallel.make_runner("pmap")
+      images = runner.put_copies(inp.images)
+      gather = jax.pmap(device_input.gather, axis_name=parallel.AXIS, in_axes=(0, 1))
+      rows = device_input.index_rows(len(inp.images), args.batch, config.seed)
+      inp.batches = (gather(images, runner.put_batch(next(rows)[None])) for _ in iter(int, 1))
       inp.description += ", gathered on the device"
     first = jax.block_until_ready(next(inp.batches))
     setup = time.perf_counter() - t0

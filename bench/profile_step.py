@@ -79,17 +79,17 @@ def main():
   from bench import common  # noqa: PLC0415
 
   config = common.get_config("anime", batch_size=args.batch)
-  state, runner = common.build_step(config)
-  batch = runner.put_batch(common.random_batch(config))
+  state, step = common.build_step(config)
+  batch = step.runner.put_batch(common.random_batch(config))
   for _ in range(2):
-    state, _ = runner.step(state, batch, True, True)
+    state, _ = step.call(state, step.summary, batch, None)
   jax.block_until_ready(state)
-  kinds = _op_kinds(runner.step.lower(state, batch, True, True).compile().as_text())
+  kinds = _op_kinds(step.call.lower(state, step.summary, batch, None).compile().as_text())
 
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp):
       for _ in range(args.steps):
-        state, _ = runner.step(state, batch, True, True)
+        state, _ = step.call(state, step.summary, batch, None)
       jax.block_until_ready(state)
     trace = json.load(gzip.open(glob.glob(f"{tmp}/plugins/profile/*/*.trace.json.gz")[0]))
   events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]

@@ -10,11 +10,13 @@ G stays at grey noise (measured here); with these rates faces (head, hair, two
 eyes, a mouth) appear by step ~750 and are clear at 1,500.
 """
 
-from configs import anime
+import os
+
+from dcgan_jax import config_lib
 
 
 def get_config():
-  c = anime.get_config()
+  c = config_lib.load(os.path.join(os.path.dirname(__file__), "anime.py"))
   c.dataset = "synthetic"
   c.synthetic_size = 2048
   c.ngf = 16

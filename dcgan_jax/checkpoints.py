@@ -1,12 +1,19 @@
 """Checkpoints: saving and restoring the whole training state with orbax.
 
-A checkpoint is one step folder ``WORKDIR/checkpoints/<step>/`` with two items:
+A checkpoint is one step folder ``WORKDIR/checkpoints/<step>/`` with three items:
   * ``state``: the unreplicated ``GANState`` as a tree of arrays: the step,
-    the noise key, and for each net its params, BatchNorm running statistics
-    and Adam state (count, mu, nu). The input position needs no entry of its
-    own: batch k is a pure function of k (see ``input_pipeline``), so the
-    step is the position.
+    the noise key, and for each net its update count, params, BatchNorm
+    running statistics and Adam state (count, mu, nu). The input position
+    needs no entry of its own: batch k is a pure function of k (see
+    ``input_pipeline``), so the step is the position.
   * ``config``: the run's config as JSON, so generate can rebuild the models.
+  * ``progress``: JSON facts of the run that the config alone does not give
+    (the steps per epoch of its data), so a rerun of a finished run can stop
+    before loading any data. Checkpoints written before it existed have none.
+
+Checkpoints written before the nets' states became ``TrainState``s have no
+per-net ``step``; ``restore`` fills it from the Adam update count, which is
+the same number.
 
 Saving is asynchronous (training continues while orbax writes) and atomic:
 orbax writes ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete,
@@ -24,6 +31,8 @@ import flax
 import jax
 import jax.numpy as jnp
 from absl import logging
+
+from dcgan_jax import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
 # The model keys a checkpoint's arrays depend on: a mismatch cannot restore.
@@ -62,8 +71,17 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
         cleanup_tmp_directories=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "config"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "progress": ocp.JsonCheckpointHandler()})
+
+  def __enter__(self) -> Checkpoints:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def all_steps(self) -> list[int]:
     """The complete checkpoints' steps, as on disk now."""
@@ -77,11 +95,16 @@ class Checkpoints:
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
-  def save(self, state, config) -> str:
+  def save(self, state, config, progress: dict | None = None) -> str:
     """Starts saving ``state`` (unreplicated) at step ``state.step``.
 
     The arrays are copied to host memory before this returns; the write
     finishes in the background (``wait``).
+
+    Args:
+      state: the unreplicated ``GANState`` (device or numpy arrays).
+      config: the run's config.
+      progress: JSON-able facts of the run (``steps_per_epoch``).
 
     Returns:
       The step folder being written.
@@ -93,7 +116,8 @@ class Checkpoints:
     tree = jax.device_get(flax.serialization.to_state_dict(state))
     self._manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
-        config=ocp.args.JsonSave(config.to_dict())))
+        config=ocp.args.JsonSave(config.to_dict()),
+        progress=ocp.args.JsonSave(progress or {})))
     return self.step_path(step)
 
   def restore(self, template, step: int | None = None):
@@ -110,10 +134,26 @@ class Checkpoints:
     ocp = _ocp()
     step = self._step_or_latest(step)
     target = jax.device_get(flax.serialization.to_state_dict(template))
+    saved = self._manager.metadata(step).item_metadata.state
+    legacy = [net for net in ("g", "d") if "step" not in saved[net]]
+    for net in legacy:  # written before NetState was a TrainState
+      del target[net]["step"]
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))
-    tree = jax.tree_util.tree_map(jnp.asarray, restored.state)
+    tree = restored.state
+    for net in legacy:  # a net's update count is its Adam count
+      tree[net]["step"] = tree[net]["opt_state"]["0"]["count"]
+    tree = jax.tree_util.tree_map(jnp.asarray, tree)
     return flax.serialization.from_state_dict(template, tree)
+
+  def progress(self, step: int | None = None) -> dict[str, Any]:
+    """The progress facts saved with the checkpoint at ``step`` ({} if none)."""
+    ocp = _ocp()
+    step = self._step_or_latest(step)
+    if not os.path.isdir(os.path.join(self.step_path(step), "progress")):
+      return {}  # written before checkpoints had them
+    return self._manager.restore(step, args=ocp.args.Composite(
+        progress=ocp.args.JsonRestore())).progress
 
   def config(self, step: int | None = None) -> dict[str, Any]:
     """The config (a dict) saved with the checkpoint at ``step`` (default: latest)."""
@@ -183,7 +223,7 @@ def open_for_reading(path: str) -> tuple[Checkpoints, int]:
 
 
 def restore_or_init(ckpts: Checkpoints, state, config):
-  """The state a training run starts from.
+  """The state a training run starts from, and what its checkpoint recorded.
 
   The latest checkpoint of the run's own folder if there is one (resume),
   else ``config.init_from``'s checkpoint if set, else ``state`` (fresh).
@@ -194,7 +234,8 @@ def restore_or_init(ckpts: Checkpoints, state, config):
     config: the run's config (init_from, model sizes).
 
   Returns:
-    The state to train from (unreplicated).
+    (the state to train from (unreplicated), None for a fresh start, else
+    {'config': the checkpoint's config, 'progress': its progress facts}).
   """
   try:
     return _restore_or_init(ckpts, state, config)
@@ -209,10 +250,38 @@ def _restore_or_init(ckpts: Checkpoints, state, config):
   elif config.init_from:
     (source, step), message = open_for_reading(config.init_from), "Initialised from step %d of %s."
   else:
-    return state
-  check_config(source.config(step), config, source.step_path(step))
+    return state, None
+  saved = {"config": source.config(step), "progress": source.progress(step)}
+  check_config(saved["config"], config, source.step_path(step))
   state = source.restore(state, step)
   logging.info(message, step, source.step_path(step))
   if source is not ckpts:
     source.close()
-  return state
+  return state, saved
+
+def restore_trained(config, workdir: str, hint: str):
+  """A trained run's latest checkpoint, for sampling or evaluation.
+
+  Args:
+    config: the current config; ``init_from``, when set, names the run (a
+      workdir, checkpoints folder or step folder) instead of ``workdir``.
+    workdir: the run whose checkpoints are used.
+    hint: appended to the error when there is no checkpoint (what to do).
+
+  Returns:
+    (state, config to build the models with: ``config`` with the checkpoint's
+    model sizes, dtype and ``ema_decay``, the checkpoint's folder).
+  """
+  import ml_collections  # noqa: PLC0415 (configs are ConfigDicts; not needed to train)
+  try:
+    ckpts, step = open_for_reading(config.init_from or workdir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e} {hint}") from e
+  with ckpts:
+    saved = ckpts.config(step)
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    for key in (*MODEL_KEYS, "dtype"):
+      cfg[key] = saved[key]
+    cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
+    state = ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step)
+  return state, cfg, ckpts.step_path(step)

@@ -1,21 +1,26 @@
 """Checking a training config before anything is built or compiled.
 
 ``validate(config)`` compares the config with the reference one
-(``configs/anime.py``): every key there must be present, no other key may be,
-each value must have the reference value's type (an int passes for a float),
-and the keys below must hold possible values. Every problem found is listed
-in one ``ConfigError``, each line naming the key and what it allows.
+(``dcgan_jax/defaults.py``): every key there must be present, no other key may
+be, each value must have the reference value's type (an int passes for a
+float), and the keys below must hold possible values. Every problem found is
+listed in one ``ConfigError``, each line naming the key and what it allows.
+What only the data decides (the run's length and the save interval when they
+count epochs) is checked by ``check_call_boundaries`` once the data is loaded,
+with the same kind of error. ``load`` reads a config file by path.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
+import os
 from collections.abc import Callable
 
 import ml_collections
 
-from dcgan_jax import models, parallel
+from dcgan_jax import conv_ops, defaults, models, parallel
 
 # The sizes the architecture produces: its layers turn a 1x1 latent into
 # 4, 8, 16, 32 and then 96 pixels (see models.py).
@@ -45,7 +50,6 @@ RULES: dict[str, tuple[Callable, str]] = {
                 "a folder of images, 'tfds:NAME' or 'synthetic'"),
     "image_size": _in(IMAGE_SIZES, " (the only size the DCGAN's layers produce)"),
     "synthetic_size": _at_least(1),
-    "shuffle_buffer": _at_least(0),
     "nz": _at_least(1),
     "ngf": _at_least(1),
     "ndf": _at_least(1),
@@ -75,14 +79,26 @@ RULES: dict[str, tuple[Callable, str]] = {
     "interp_steps": _at_least(2),
     "init_scheme": _in(tuple(models.INITS)),
     "parallel": _in(parallel.WRAPPERS),
+    "conv_impl": _in(conv_ops.IMPLS),
+    "steps_per_call": _at_least(1),
     "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
 }
 
 
 def reference_config() -> ml_collections.ConfigDict:
   """The config every other one must match in keys and types."""
-  from configs import anime  # noqa: PLC0415 (configs/ sits next to the package)
-  return anime.get_config()
+  return defaults.get_config()
+
+
+def load(path: str, name: str = "get_config") -> ml_collections.ConfigDict:
+  """The config of a config file (``configs/*.py``), loaded by path."""
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return getattr(module, name)()
 
 
 def _type_problem(key: str, value, ref) -> str | None:
@@ -113,7 +129,7 @@ def _problems(config, ref, prefix: str = "") -> list[str]:
     out.append(f"config.{prefix}{k}: unknown key ({hint}known keys: "
                f"{', '.join(sorted(ref_keys))})")
   for k in sorted(ref_keys - keys):
-    out.append(f"config.{prefix}{k}: missing (default in configs/anime.py: {ref[k]!r})")
+    out.append(f"config.{prefix}{k}: missing (default in dcgan_jax/defaults.py: {ref[k]!r})")
   for k in sorted(keys & ref_keys):
     value, want = config[k], ref[k]
     if isinstance(want, ml_collections.ConfigDict):
@@ -131,11 +147,21 @@ def _problems(config, ref, prefix: str = "") -> list[str]:
   return out
 
 
+def _call_boundaries(config, sizes: dict[str, int]) -> list[str]:
+  """The keys of ``sizes`` ({key: steps}) that are not multiples of steps_per_call."""
+  k = config.get("steps_per_call", 1)
+  if not isinstance(k, int) or k < 1:
+    return []
+  return [f"config.{key}={v}: must be a multiple of config.steps_per_call={k} (logging, "
+          "grids, FID and checkpoints happen between calls of K steps); or change "
+          "steps_per_call" for key, v in sizes.items() if v > 0 and v % k]
+
+
 def validate(config, device_count: int | None = None) -> None:
   """Raises ``ConfigError`` listing every bad key of ``config``.
 
   Args:
-    config: a training ConfigDict (see configs/anime.py).
+    config: a training ConfigDict (see dcgan_jax/defaults.py).
     device_count: devices the global batch is split over (default
       ``jax.device_count()``).
 
@@ -144,15 +170,17 @@ def validate(config, device_count: int | None = None) -> None:
       what it allows.
   """
   problems = _problems(config, reference_config())
+  bad = {p.split("=")[0].split(":")[0] for p in problems}
   batch = config.get("batch_size")
-  if not any(p.startswith("config.batch_size") for p in problems) and batch is not None:
-    if device_count is None:
-      import jax  # noqa: PLC0415
-      device_count = jax.device_count()
-    if batch % device_count:
-      problems.append(
-          f"config.batch_size={batch}: must be divisible by the number of devices "
-          f"({device_count}), e.g. {max(1, batch // device_count) * device_count}")
+  if "config.batch_size" not in bad and batch is not None:
+    try:
+      parallel.split_batch(batch, *((1, device_count) if device_count else ()))
+    except ValueError as e:
+      problems.append(str(e))
+  if not bad:
+    problems += _call_boundaries(config, {
+        k: config[k] for k in ("log_every", "plot_every", "save_every_steps",
+                               "num_train_steps")} | {"fid.eval_every": config.fid.eval_every})
   if (config.get("input_on_device") is True and config.get("cache") is False
       and config.get("dataset") != "synthetic"
       and not str(config.get("dataset")).startswith("tfds:")):
@@ -161,3 +189,29 @@ def validate(config, device_count: int | None = None) -> None:
         "config.cache=True (or input_on_device=False to stream from disk)")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def check_call_boundaries(config, total_steps: int, save_every: int) -> None:
+  """The checks of ``validate`` that need the data: the run's length and save interval.
+
+  Args:
+    config: the run's config.
+    total_steps: the run's length (``num_epochs`` epochs when num_train_steps is -1).
+    save_every: the save interval (10 epochs when save_every_steps is -1).
+
+  Raises:
+    ConfigError: naming the key whose steps are not a multiple of steps_per_call.
+  """
+  k, problems = config.steps_per_call, []
+  if total_steps % k:
+    problems.append(
+        f"config.num_epochs={config.num_epochs}: makes {total_steps} steps on this data, "
+        f"not a multiple of config.steps_per_call={k}; set config.num_train_steps to a "
+        f"multiple of {k}, or change steps_per_call")
+  if save_every % k:
+    problems.append(
+        f"config.save_every_steps={config.save_every_steps}: means every {save_every} steps "
+        f"(10 epochs) on this data, not a multiple of config.steps_per_call={k}; set it to "
+        f"a multiple of {k}, or change steps_per_call")
+  if problems:
+    raise ConfigError("invalid config for this data:\n  " + "\n  ".join(problems))

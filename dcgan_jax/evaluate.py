@@ -1,56 +1,130 @@
-"""``--mode=eval``: FID and KID of a trained generator.
+"""Scoring generators: FID/KID of a state, the best-FID checkpoint, ``--mode=eval``.
 
-Scores ``config.fid.num_samples`` samples of G -- the EMA generator when the
-run kept one (``config.ema_decay > 0``), and then G without EMA as well --
-against the training images (reference features cached in the workdir), and
-prints ``fid=<value>`` / ``kid=<value>`` lines (``fid_no_ema=`` / ``kid_no_ema=``
-too with EMA). With ``config.fid.save_samples`` the uint8 NHWC samples scored
-are written to ``<workdir>/samples.npy`` (``samples_no_ema.npy``).
+``--mode=eval`` scores ``config.fid.num_samples`` samples of G -- the EMA
+generator when the run kept one (``config.ema_decay > 0``), and then G
+without EMA as well -- against the training images (reference features
+cached in the workdir), and prints ``fid=<value>`` / ``kid=<value>`` lines
+(``fid_no_ema=`` / ``kid_no_ema=`` too with EMA). The model sizes come from
+the checkpoint. With ``config.fid.save_samples`` the uint8 NHWC samples
+scored are written to ``<workdir>/samples.npy`` (``samples_no_ema.npy``).
+
+During training, ``write_fid`` scores the state every ``fid.eval_every``
+steps and ``BestFid`` keeps the checkpoint with the lowest FID so far.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import time
 
 import numpy as np
 from absl import logging
 
-from dcgan_jax import fid, train
+from dcgan_jax import checkpoints, fid
+from dcgan_jax.state import GANState, make_models, sampling_variables
+
+
+def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
+  """FID/KID of G's sampling variables (the EMA when kept) and, with EMA, of G itself.
+
+  Returns:
+    ({'fid', 'kid'[, 'fid_no_ema', 'kid_no_ema']}, {tag: uint8 samples}) with
+    tag '' for the sampling variables and '_no_ema' for G without EMA.
+  """
+  runs = [("", sampling_variables(state))]
+  if state.ema is not None:
+    runs.append(("_no_ema", state.g.variables))
+  scores, samples = {}, {}
+  for tag, variables in runs:
+    m, images = evaluator.score_generator(generator, variables)
+    scores.update({k + tag: v for k, v in m.items()})
+    samples[tag] = images
+  return scores, samples
+
+
+class BestFid:
+  """Keeps the checkpoint with the lowest FID so far in ``WORKDIR/checkpoints_best``.
+
+  The best value and its step live in ``WORKDIR/best_fid.json``, so a resumed
+  run keeps comparing against them.
+  """
+
+  DIR = "checkpoints_best"
+
+  def __init__(self, workdir: str):
+    self.record = os.path.join(workdir, "best_fid.json")
+    self.ckpts = checkpoints.Checkpoints(os.path.join(workdir, self.DIR), max_to_keep=1)
+    self.fid, self.step = math.inf, None
+    if os.path.exists(self.record):
+      with open(self.record) as f:
+        saved = json.load(f)
+      self.fid, self.step = saved["fid"], saved["step"]
+
+  def update(self, value: float, state, config) -> bool:
+    """Saves ``state`` if ``value`` is the lowest FID so far; returns whether it did."""
+    if not value < self.fid:
+      return False
+    self.fid, self.step = float(value), int(state.step)
+    path = self.ckpts.save(state, config)
+    with open(self.record + ".tmp", "w") as f:
+      json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
+    os.replace(self.record + ".tmp", self.record)
+    logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
+    return True
+
+  def close(self):
+    self.ckpts.close()
+
+
+def write_fid(writer, evaluator, step: int, generator, state, best: BestFid | None,
+              config) -> dict:
+  """Scores ``state`` at training step ``step``: TensorBoard, the log, the best checkpoint."""
+  t = time.perf_counter()
+  scores, _ = score_state(evaluator, generator, state)
+  writer.write_scalars(step, scores)
+  logging.info("Step %d: %s (%.0f s)", step,
+               ", ".join(f"{k}={v:.4g}" for k, v in scores.items()), time.perf_counter() - t)
+  if best is not None:
+    best.update(scores["fid"], state, config)
+  return scores
 
 
 def restore_state(config, workdir: str):
   """The latest checkpoint of ``workdir``, or of ``config.init_from`` when set.
 
   Returns:
-    (the restored ``GANState``, the config to build the models with).
+    (the restored ``GANState``, the config to build the models with: the
+    checkpoint's model sizes, dtype and ``ema_decay``).
   """
-  state, cfg, path = train.restore_trained(
+  state, cfg, path = checkpoints.restore_trained(
       config, workdir, "Train first (--mode=train with this workdir) or point "
       "--config.init_from at a trained workdir or checkpoint.")
   logging.info("Evaluating %s", path)
   return state, cfg
 
 
-def evaluate(config, workdir: str, state: train.GANState | None = None) -> dict:
+def evaluate(config, workdir: str, state: GANState | None = None) -> dict:
   """FID/KID of ``state`` (default: restored from the workdir).
 
   Args:
-    config: the run's config (model sizes, dataset, fid.*, ema_decay).
+    config: the run's config (dataset, fid.*; model sizes when ``state`` is given).
     workdir: where the checkpoints, the reference cache and samples go.
     state: a training state to score instead of a checkpoint.
 
   Returns:
     {'fid', 'kid'[, 'fid_no_ema', 'kid_no_ema']}, or {} without weights.
   """
-  evaluator = fid.Evaluator.create(config, workdir)
-  if evaluator is None:
+  if fid.resolve_weights(config) is None:
+    fid.Evaluator.create(config, workdir)  # logs why FID is skipped
     return {}
   if state is None:
+    # The checkpoint's model sizes (nz above all) before anything samples.
     state, config = restore_state(config, workdir)
+  evaluator = fid.Evaluator.create(config, workdir)
   t = time.perf_counter()
-  generator = train.make_models(config)[0]
-  scores, samples = train.score_state(evaluator, generator, state)
+  scores, samples = score_state(evaluator, make_models(config)[0], state)
   if config.fid.save_samples:
     os.makedirs(workdir, exist_ok=True)
     for tag, images in samples.items():

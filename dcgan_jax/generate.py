@@ -14,7 +14,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from dcgan_jax import sampling, train
+from dcgan_jax import checkpoints, sampling
+from dcgan_jax.state import make_models, sampling_variables
 
 
 class Models(NamedTuple):
@@ -47,13 +48,13 @@ def load_models(config, workdir: str) -> Models:
     d_vars, cfg.ndf = torch_import.load_netd(config.torch_netd)
     source = f"{config.torch_netg} + {config.torch_netd}"
   else:
-    state, cfg, source = train.restore_trained(
+    state, cfg, source = checkpoints.restore_trained(
         config, workdir, "Train first (--mode=train with this workdir), point "
         "--config.init_from at a trained workdir, or load the PyTorch original's "
         "nets with --config.torch_netg=... --config.torch_netd=...")
     # The EMA generator when the run kept one.
-    g_vars, d_vars = train.sampling_variables(state), state.d.variables
-  generator, discriminator = train.make_models(cfg)
+    g_vars, d_vars = sampling_variables(state), state.d.variables
+  generator, discriminator = make_models(cfg)
   return Models(generator, g_vars, discriminator, d_vars, cfg.nz, source)
 
 

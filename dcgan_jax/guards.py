@@ -1,9 +1,9 @@
 """Stopping cleanly on numerical and file-system faults.
 
-* ``FiniteGuard``: NaN/Inf in a loss stops training, naming the first bad
-  step, without a host sync per step. Each step's metrics are only
-  remembered (device arrays); a check reads the accumulated sums, which are
-  non-finite as soon as one step was, and only then looks at single steps.
+* ``FirstNonFinite``: NaN/Inf in a loss stops training, naming the first bad
+  step, without a host sync per step: the step itself records the first
+  step whose losses were not finite, with those losses, in the metrics it
+  accumulates; ``check_finite`` reads it where the loop reads the metrics.
   Training checks at every log, sample grid and checkpoint, so no summary,
   grid or checkpoint is ever written from a non-finite state.
 * ``tree_is_finite``: the state itself, checked before a checkpoint is saved
@@ -24,6 +24,7 @@ import os
 import tempfile
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,73 +35,66 @@ class NonFiniteError(FloatingPointError):
   """A loss or the state became NaN or Inf; the message names the step."""
 
 
-def _host_scalars(metrics: dict) -> dict[str, float]:
-  """{'d': Collection, ...} (device) -> {'loss_d': float, ...} (host sync)."""
-  return {k: float(np.asarray(v).reshape(-1)[0])
-          for m in metrics.values() for k, v in m.compute().items()}
+@flax.struct.dataclass
+class FirstNonFinite:
+  """The first step whose losses were not finite, tracked inside the step.
+
+  Attributes:
+    step: int32, the (1-based) step; 0 while every loss was finite.
+    values: {name: float32} the losses of that step.
+  """
+
+  step: jax.Array
+  values: dict
+
+  @classmethod
+  def empty(cls, names) -> FirstNonFinite:
+    return cls(jnp.zeros((), jnp.int32), {n: jnp.zeros((), jnp.float32) for n in names})
+
+  def update(self, step, values: dict, ran: dict) -> FirstNonFinite:
+    """Records ``step`` if it is the first with a non-finite value that ran.
+
+    Args:
+      step: the step just done (1-based, traced).
+      values: {name: scalar} this step's losses.
+      ran: {name: bool} whether the update behind each value ran.
+    """
+    bad = jnp.any(jnp.stack([ran[k] & ~jnp.isfinite(v) for k, v in values.items()]))
+    first = bad & (self.step == 0)
+    return FirstNonFinite(
+        jnp.where(first, step, self.step).astype(jnp.int32),
+        {k: jnp.where(first, jnp.where(ran[k], v, 0.0), self.values[k]).astype(jnp.float32)
+         for k, v in values.items()})
 
 
-class FiniteGuard:
-  """Finds the first training step whose metrics are not finite.
-
-  ``add`` costs nothing on the device; ``check`` syncs once.
+def check_finite(first: FirstNonFinite, hint: str = "", before_raise=None) -> None:
+  """Raises ``NonFiniteError`` naming the step if ``first`` (host copy) holds one.
 
   Args:
-    unreplicate: maps a step's metrics (as ``add`` got them) to a single
-      copy, e.g. ``parallel.unreplicate`` for pmap outputs; run only when a
-      check has to look at single steps.
+    first: a ``FirstNonFinite`` read from the devices.
+    hint: appended to the error (e.g. the config's learning rates).
     before_raise: run before raising, e.g. waiting for an asynchronous save
       of an earlier, finite state to finish (its errors are only logged).
   """
-
-  def __init__(self, unreplicate=lambda metrics: metrics, before_raise=None):
-    self._pending: list[tuple[int, dict]] = []
-    self._unreplicate = unreplicate
-    self._before_raise = before_raise
-
-  def add(self, step: int, metrics: dict) -> None:
-    """Remembers the metrics of ``step`` (a dict of clu collections)."""
-    self._pending.append((step, metrics))
-
-  def check(self, accumulated: dict | None = None, hint: str = "") -> None:
-    """Raises ``NonFiniteError`` if a step added since the last check was bad.
-
-    Args:
-      accumulated: the merged metrics of (at least) those steps; when given,
-        single steps are only read if these are non-finite.
-      hint: appended to the error (e.g. the config's learning rates).
-    """
-    pending, self._pending = self._pending, []
-    if not pending:
-      return
-    if accumulated and all(
-        math.isfinite(v) for v in _host_scalars(accumulated).values()):
-      return
-    for step, metrics in pending:
-      values = _host_scalars(self._unreplicate(metrics))
-      bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-      if bad:
-        shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-        _run_quietly(self._before_raise)
-        raise NonFiniteError(
-            f"non-finite loss at training step {step} ({shown}); training stopped. "
-            "Nothing from this step on was saved: the last checkpoint, if any, "
-            f"is intact and restores.{hint}")
-
-
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  step = int(first.step)
+  if not step:
+    return
+  bad = {k: float(v) for k, v in first.values.items() if not math.isfinite(float(v))}
+  shown = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+  run_quietly(before_raise)
+  raise NonFiniteError(
+      f"non-finite loss at training step {step} ({shown}); training stopped. "
+      "Nothing from this step on was saved: the last checkpoint, if any, "
+      f"is intact and restores.{hint}")
 
 
 def tree_is_finite(tree: Any) -> bool:
-  """Whether every float array of ``tree`` is free of NaN and Inf."""
-  return bool(_all_finite(tree))
+  """Whether every float array of ``tree`` (host or device) is free of NaN and Inf."""
+  return all(bool(np.isfinite(x).all()) for x in map(np.asarray, jax.tree_util.tree_leaves(tree))
+             if np.issubdtype(x.dtype, np.inexact))
 
 
-def _run_quietly(fn) -> None:
+def run_quietly(fn) -> None:
   if fn is None:
     return
   try:
@@ -112,10 +106,10 @@ def _run_quietly(fn) -> None:
 def check_state_finite(state: Any, step: int, hint: str = "", before_raise=None) -> None:
   """Raises ``NonFiniteError`` if the (unreplicated) ``state`` holds NaN/Inf.
 
-  ``before_raise`` runs first (see ``FiniteGuard``).
+  ``before_raise`` runs first (see ``check_finite``).
   """
   if not tree_is_finite(state):
-    _run_quietly(before_raise)
+    run_quietly(before_raise)
     raise NonFiniteError(
         f"the training state holds NaN or Inf after step {step} although its "
         "losses were finite; training stopped and it was not saved. The last "

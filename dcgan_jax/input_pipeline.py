@@ -367,13 +367,12 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
   Returns:
     An ``Input`` with host batches of batch_size / process_count images.
   """
+  import jax  # noqa: PLC0415
+
+  from dcgan_jax import parallel  # noqa: PLC0415
   if process_index is None or process_count is None:
-    import jax  # noqa: PLC0415
     process_index, process_count = jax.process_index(), jax.process_count()
-  if config.batch_size % process_count:
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible "
-                     f"by the number of processes ({process_count}).")
-  batch = config.batch_size // process_count
+  batch = parallel.split_batch(config.batch_size, process_count)[0]
   size, seed, dataset = config.image_size, config.seed, config.dataset
 
   if dataset == "synthetic":
@@ -386,7 +385,7 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
     total = len(images) * process_count
     desc = f"TFDS {dataset[5:]!r}"
   else:
-    return _folder_input(config, start_step, process_index, process_count)
+    return _folder_input(config, batch, start_step, process_index, process_count)
 
   images = images[: total // process_count]
   steps = len(images) // batch
@@ -395,11 +394,11 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
                desc + " (in memory)", images=images)
 
 
-def _folder_input(config, start_step: int, process_index: int,
+def _folder_input(config, batch: int, start_step: int, process_index: int,
                   process_count: int) -> Input:
-  """A folder of images: probed, bad files skipped, cached or streamed."""
+  """A folder of images (host batches of ``batch``): probed, bad files skipped,
+  cached or streamed."""
   dataset, size, seed = config.dataset, config.image_size, config.seed
-  batch = config.batch_size // process_count
   files = list_image_files(dataset)
   total = len(files)
   # Every host keeps the same number of images, so all take the same number

@@ -24,26 +24,24 @@ the old running average) and eps 1e-5. One difference stays: PyTorch's running
 variance uses the unbiased batch variance, flax's the biased one (a factor
 n/(n-1) with n = batch*H*W >= 1024 here).
 
-``ConvTranspose`` below is PyTorch's ConvTranspose2d (output size
-``(i - 1) * s - 2p + k``). Its kernel is stored as the HWIO kernel of the strided
-convolution it is the transpose of (the layout of
-``nn.ConvTranspose(transpose_kernel=True)``), and its gradients are computed
-through that convolution: XLA differentiates a transposed convolution
-directly through an rhs-dilated convolution that is ~50x slower on CPU.
+The convolutions themselves live in ``conv_ops`` (one formulation per
+backend, ``conv_impl``); the modules here only own the kernels: ``Conv`` keeps
+``nn.Conv``'s HWIO kernel, ``ConvTranspose`` the HWIO kernel of the strided
+convolution it is the transpose of (``nn.ConvTranspose(transpose_kernel=True)``'s
+layout), so parameters and checkpoints do not depend on the formulation.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from dcgan_jax import conv_ops
 
 Dtype = Any
-_DIMS = ("NHWC", "HWIO", "NHWC")
 
 conv_init = nn.initializers.normal(stddev=0.02)
 
@@ -68,175 +66,8 @@ INITS = {  # name -> (kernel init, BatchNorm scale init)
 }
 
 
-def _conv(u, kernel, stride: int, padding: int):
-  """The strided convolution whose transpose ``conv_transpose`` computes."""
-  return lax.conv_general_dilated(
-      u, kernel, (stride, stride), [(padding, padding)] * 2,
-      dimension_numbers=_DIMS)
-
-
-def _conv_transpose_fwd_impl(x, kernel, stride, padding):
-  k = kernel.shape[0]
-  b, h, w, _ = x.shape
-  out_hw = ((h - 1) * stride - 2 * padding + k, (w - 1) * stride - 2 * padding + k)
-  u0 = jnp.zeros((b, *out_hw, kernel.shape[2]), x.dtype)
-  _, vjp = jax.vjp(lambda u: _conv(u, kernel, stride, padding), u0)
-  return vjp(x)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose_dilated(x, kernel, stride: int, padding: int):
-  """PyTorch ``conv_transpose2d`` in NHWC.
-
-  Args:
-    x: (B, H, W, Cin) input.
-    kernel: (k, k, Cout, Cin): the HWIO kernel of the strided convolution
-      ``conv(y, kernel, stride, padding)`` mapping the output back to x's shape.
-    stride: the stride.
-    padding: PyTorch's ``padding`` (cropped from each side of the output).
-
-  Returns:
-    (B, (H-1)*stride - 2*padding + k, ..., Cout).
-  """
-  return _conv_transpose_fwd_impl(x, kernel, stride, padding)
-
-
-def _conv_transpose_fwd(x, kernel, stride, padding):
-  return _conv_transpose_fwd_impl(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_transpose_bwd(stride, padding, res, dy):
-  x, kernel = res
-  # y = C^T x with C the strided conv: dx = C dy, and dkernel is the kernel
-  # gradient of C at input dy with output cotangent x: both ordinary convs.
-  dx = _conv(dy, kernel, stride, padding)
-  _, vjp_k = jax.vjp(lambda k: _conv(dy, k, stride, padding), kernel)
-  return dx, vjp_k(x)[0]
-
-
-conv_transpose_dilated.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
-
-
-def _phase_taps(k: int, s: int, p: int, size_in: int, r: int):
-  """1-D sub-pixel phase ``r`` of a transposed conv: (t0, pad_lo, pad_hi, n_out).
-
-  Output rows o = s*m + r receive x[m + q - j] * kernel[t0 + s*j] for
-  t0 = (r + p) mod s, q = (r + p) // s: a stride-1 correlation of x with the
-  taps t0 + s*(J-1), ..., t0 (reversed), padded so it yields ``n_out`` rows.
-  """
-  size_out = (size_in - 1) * s - 2 * p + k
-  t0, q = (r + p) % s, (r + p) // s
-  num_taps = len(range(t0, k, s))
-  n_out = len(range(r, size_out, s))
-  lo = num_taps - 1 - q
-  hi = n_out + num_taps - 1 - size_in - lo
-  return t0, lo, hi, n_out
-
-
-def conv_transpose_subpixel(x, kernel, stride: int, padding: int):
-  """``conv_transpose`` as stride**2 stride-1 convolutions + depth-to-space.
-
-  Every output phase (o mod stride) of a transposed convolution is an
-  ordinary stride-1 convolution of the input with a sub-kernel; the phases are
-  interleaved back. Same FLOPs as the transposed conv, and XLA differentiates
-  stride-1 convolutions at full speed. Needs the output size divisible by the
-  stride (true for every layer here); arguments as ``conv_transpose``.
-  """
-  k, s = kernel.shape[0], stride
-  b, h, w, _ = x.shape
-  rows = [_phase_taps(k, s, padding, h, r) for r in range(s)]
-  cols = [_phase_taps(k, s, padding, w, r) for r in range(s)]
-  if len({r[3] for r in rows}) > 1 or len({c[3] for c in cols}) > 1:
-    raise ValueError("conv_transpose_subpixel needs output size % stride == 0")
-  kio = jnp.swapaxes(kernel, 2, 3)  # (k, k, in, out): HWIO of the phase convs
-  phases = []
-  for ty, lo_y, hi_y, _ in rows:
-    row = []
-    for tx, lo_x, hi_x, _ in cols:
-      # taps t0 + s*j, reversed, as a strided slice and a flip (index arrays
-      # made XLA gather the sub-kernel in every call).
-      sub = lax.rev(kio[ty::s, tx::s], (0, 1))
-      row.append(lax.conv_general_dilated(
-          x, sub, (1, 1), [(lo_y, hi_y), (lo_x, hi_x)], dimension_numbers=_DIMS))
-    phases.append(jnp.stack(row, axis=3))  # (B, M, N, sx, C)
-  y = jnp.stack(phases, axis=2)  # (B, M, sy, N, sx, C)
-  m, n = rows[0][3], cols[0][3]
-  return y.reshape(b, m * s, n * s, kernel.shape[2])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose_hybrid(x, kernel, stride: int, padding: int):
-  """Sub-pixel forward, backward through the strided conv (as ``conv_transpose_dilated``)."""
-  return conv_transpose_subpixel(x, kernel, stride, padding)
-
-
-conv_transpose_hybrid.defvjp(
-    lambda x, kernel, s, p: (conv_transpose_subpixel(x, kernel, s, p), (x, kernel)),
-    _conv_transpose_bwd)
-
-
-conv = _conv  # the plain strided conv (HWIO kernel), XLA's own gradients
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_subpixel_grad(x, kernel, stride: int, padding: int):
-  """Strided conv whose input gradient is the sub-pixel transposed conv."""
-  return _conv(x, kernel, stride, padding)
-
-
-def _conv_sp_fwd(x, kernel, stride, padding):
-  return _conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_sp_bwd(stride, padding, res, dy):
-  x, kernel = res
-  k = kernel.shape[0]
-  back = [(n - 1) * stride - 2 * padding + k for n in dy.shape[1:3]]
-  if back == list(x.shape[1:3]) and all(n % stride == 0 for n in back):
-    dx = conv_transpose_subpixel(dy, kernel, stride, padding)
-  else:  # the stride does not tile the input: XLA's own input gradient
-    dx = jax.vjp(lambda u: _conv(u, kernel, stride, padding), x)[1](dy)[0]
-  _, vjp_k = jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)
-  return dx, vjp_k(dy)[0]
-
-
-conv_subpixel_grad.defvjp(_conv_sp_fwd, _conv_sp_bwd)
-
-def conv_transpose_dense(x, kernel, stride: int, padding: int):
-  """``conv_transpose`` of a 1x1 input without padding, as a dense layer.
-
-  From a single pixel every output pixel is one kernel tap (any stride), so
-  the layer is a matmul: measured ~4x faster than the conv forms (bench/).
-  """
-  if x.shape[1:3] != (1, 1) or padding:
-    raise ValueError("conv_transpose_dense needs a 1x1 input and padding 0")
-  del stride
-  return jnp.einsum("bc,yxoc->byxo", x[:, 0, 0], kernel)
-
-
-CONV_TRANSPOSE_IMPLS = {
-    "dilated": conv_transpose_dilated,
-    "subpixel": conv_transpose_subpixel,
-    "hybrid": conv_transpose_hybrid,
-}
-CONV_IMPLS = {"xla": conv, "subpixel": conv_subpixel_grad}
-
-
-def conv_transpose(x, kernel, stride: int, padding: int):
-  """PyTorch ``conv_transpose2d`` in NHWC, in its fastest XLA:CPU form.
-
-  Measured per layer (bench/layers.py): stride 2 runs fastest as the
-  sub-pixel forward with the strided-conv backward; the 3x-upsampling last
-  layer (9 phases of 3 channels) as the lhs-dilated forward. Arguments and
-  result as ``conv_transpose_dilated``.
-  """
-  if stride == 2:
-    return conv_transpose_hybrid(x, kernel, stride, padding)
-  return conv_transpose_dilated(x, kernel, stride, padding)
-
-
 class _BiaslessConv(nn.Module):
-  """What Conv and ConvTranspose share: sizes, dtype, init, the kernel."""
+  """What Conv and ConvTranspose share: sizes, dtype, init, the kernel, the form."""
 
   features: int
   kernel_size: int
@@ -244,6 +75,7 @@ class _BiaslessConv(nn.Module):
   padding: int = 0
   dtype: Dtype = jnp.float32
   init_scheme: str = "pytorch"
+  conv_impl: str = "auto"   # conv_ops.IMPLS
 
   def _cast_kernel(self, x, io: tuple[int, int]):
     """The (k, k, *io) float32 kernel, and x and it in the compute dtype."""
@@ -253,28 +85,23 @@ class _BiaslessConv(nn.Module):
 
 
 class Conv(_BiaslessConv):
-  """``nn.Conv`` without bias (same parameter), fast to differentiate on XLA:CPU.
-
-  Stride-2 layers take their input gradient as a sub-pixel transposed conv
-  (``conv_subpixel_grad``), measured faster than XLA's lhs-dilated one.
-  """
+  """``nn.Conv`` without bias (the same parameter), computed by ``conv_ops.conv``."""
 
   @nn.compact
   def __call__(self, x):
     x, kernel = self._cast_kernel(x, (x.shape[-1], self.features))
-    fn = conv_subpixel_grad if self.stride == 2 else conv
-    return fn(x, kernel, self.stride, self.padding)
+    return conv_ops.conv(x, kernel, self.stride, self.padding,
+                         conv_ops.resolve(self.conv_impl))
 
 
 class ConvTranspose(_BiaslessConv):
-  """PyTorch-style ConvTranspose2d without bias, fast to differentiate on XLA."""
+  """PyTorch's ConvTranspose2d without bias, computed by ``conv_ops.conv_transpose``."""
 
   @nn.compact
   def __call__(self, x):
     x, kernel = self._cast_kernel(x, (self.features, x.shape[-1]))
-    if x.shape[1:3] == (1, 1) and self.padding == 0:
-      return conv_transpose_dense(x, kernel, self.stride, self.padding)
-    return conv_transpose(x, kernel, self.stride, self.padding)
+    return conv_ops.conv_transpose(x, kernel, self.stride, self.padding,
+                                   conv_ops.resolve(self.conv_impl))
 
 
 def _batch_norm(train: bool, axis_name: str | None, dtype: Dtype, init: str, name: str):
@@ -293,6 +120,7 @@ class Generator(nn.Module):
       axis (cross-replica statistics for data-parallel training).
     dtype: computation dtype (parameters stay float32).
     init_scheme: 'pytorch' (the original's) or 'dcgan' initialisation.
+    conv_impl: the convolutions' formulation (``conv_ops.IMPLS``).
   """
 
   nz: int = 100
@@ -300,6 +128,7 @@ class Generator(nn.Module):
   bn_axis_name: str | None = None
   dtype: Dtype = jnp.float32
   init_scheme: str = "pytorch"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z, train: bool = True):
@@ -308,10 +137,12 @@ class Generator(nn.Module):
     for i, mult in enumerate(widths):
       stride, padding = (1, 0) if i == 0 else (2, 1)
       x = ConvTranspose(self.ngf * mult, 4, stride, padding, dtype=self.dtype,
-                        init_scheme=self.init_scheme, name=f"convt{i}")(x)
+                        init_scheme=self.init_scheme, conv_impl=self.conv_impl,
+                        name=f"convt{i}")(x)
       x = _batch_norm(train, self.bn_axis_name, self.dtype, self.init_scheme, f"bn{i}")(x)
       x = nn.relu(x)
-    x = ConvTranspose(3, 5, 3, 1, dtype=self.dtype, init_scheme=self.init_scheme, name="convt4")(x)
+    x = ConvTranspose(3, 5, 3, 1, dtype=self.dtype, init_scheme=self.init_scheme,
+                      conv_impl=self.conv_impl, name="convt4")(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -322,11 +153,13 @@ class Discriminator(nn.Module):
   bn_axis_name: str | None = None
   dtype: Dtype = jnp.float32
   init_scheme: str = "pytorch"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     def conv(features, k, s, p, name):
-      return Conv(features, k, s, p, dtype=self.dtype, init_scheme=self.init_scheme, name=name)
+      return Conv(features, k, s, p, dtype=self.dtype, init_scheme=self.init_scheme,
+                  conv_impl=self.conv_impl, name=name)
 
     x = conv(self.ndf, 5, 3, 1, "conv0")(x.astype(self.dtype))
     x = nn.leaky_relu(x, 0.2)

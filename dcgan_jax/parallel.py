@@ -12,6 +12,9 @@ axis ``AXIS``. This module maps it over all devices, two ways
     array per leaf (``P()``), the batch one global array sharded along
     ``AXIS``, assembled from every host's local batch.
 
+Everything that places arrays on devices or maps a function over them is
+here (``Runner``); nothing outside this module depends on which wrapper runs.
+
 Gradient scale. The step differentiates its replica's loss (the mean over its
 share) and takes ``pmean`` of the gradients. Under pmap every value is
 per-replica and the transpose of the ``psum`` inside cross-replica BatchNorm
@@ -21,26 +24,22 @@ mean is exactly the gradient of the global-batch loss. shard_map runs with
 replicated state is an ordinary per-replica value, so gradients taken inside
 are per-replica (not already summed, as gradients of replicated inputs taken
 *outside* a shard_map are) and the same ``pmean`` is right. (With
-``check_vma=True`` JAX would insert implicit sums, and the custom VJP of
-``models.conv_transpose`` is not typed for it.) tests/test_distributed.py
+``check_vma=True`` JAX would insert implicit sums, and the custom VJPs of
+``conv_ops`` are not typed for it.) tests/test_distributed.py
 checks both wrappers on 8 devices against one device.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "batch"
-WRAPPERS = ("pmap", "shard_map")
 
 
 # --- multi-host: JAX's own distributed runtime ------------------------------
@@ -93,64 +92,165 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
   return True
 
 
-# --- pmap: a leading local-device axis -------------------------------------
+# --- the batch: one split, checked once -------------------------------------
 
-def to_devices(tree):
-  """Host arrays with a leading local-device axis -> one slice per device.
+def split_batch(batch_size: int, process_count: int | None = None,
+                local_device_count: int | None = None) -> tuple[int, int]:
+  """(rows per host, rows per device) of a global batch of ``batch_size``.
 
-  Placed by a pmap over ``AXIS``, the step's own axis: arrays placed under
-  another axis name carry another sharding, and the step would compile a
-  second time for them.
+  Args:
+    batch_size: ``config.batch_size``, the global batch.
+    process_count: hosts (default ``jax.process_count()``).
+    local_device_count: devices per host (default ``jax.local_device_count()``).
+
+  Raises:
+    ValueError: naming ``config.batch_size`` when it does not split evenly.
   """
-  return jax.pmap(lambda x: x, axis_name=AXIS)(tree)
+  hosts = jax.process_count() if process_count is None else process_count
+  local = jax.local_device_count() if local_device_count is None else local_device_count
+  n = hosts * local
+  if batch_size % n:
+    raise ValueError(
+        f"config.batch_size={batch_size}: must be divisible by the number of devices "
+        f"({n}), e.g. {max(1, batch_size // n) * n}")
+  return batch_size // hosts, batch_size // n
 
 
-def replicate(tree):
-  """Puts one copy of ``tree`` on every local device (leading device axis)."""
-  n = jax.local_device_count()
-  return to_devices(jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree))
+# --- runners: placement and the mapped step, one per wrapper ----------------
+#
+# A step compiled by a runner takes arguments in three roles:
+#   'replicated': the same value on every replica (the state, the metrics);
+#   'batch': (K, host_batch, ...) host arrays, split over the devices along
+#     axis 1; each replica sees (K, device_batch, ...);
+#   'copies': one copy of a host array per local device (the device-resident
+#     images); each replica sees the array.
+# Every output is replicated. Placement uses shardings built once: a batch
+# placed by ``put_batch`` carries exactly the sharding the step expects, so
+# the step never recompiles and no placement compiles anything.
 
 
-def unreplicate(tree):
-  """The copy of a replicated ``tree`` on the first local device."""
-  # Through the local shard: indexing the global array (x[0]) would be a
-  # computation over every process's devices, which on a multi-host run only
-  # process 0 (writing grids) would enter, a deadlock.
-  def first(x):
-    return x.addressable_data(0)[0] if isinstance(x, jax.Array) else x[0]
-  return jax.tree_util.tree_map(first, tree)
+class Runner:
+  """A wrapper's placement (``put_*``, ``get``) and its ``compile``.
 
-
-def per_device(host_batch: int) -> int:
-  """Rows of a host batch of ``host_batch`` rows that each local device gets."""
-  n = jax.local_device_count()
-  if host_batch % n:
-    raise ValueError(f"the host batch ({host_batch}) must split evenly over "
-                     f"{n} local devices; pick config.batch_size accordingly.")
-  return host_batch // n
-
-
-def shard(batch: np.ndarray) -> np.ndarray:
-  """(local_batch, ...) -> (local_devices, local_batch / local_devices, ...)."""
-  return batch.reshape(-1, per_device(batch.shape[0]), *batch.shape[1:])
-
-
-def put_local(batch: np.ndarray):
-  """This host's (local_batch, ...) -> its local devices' shares (pmap layout)."""
-  return to_devices(shard(batch))
-
-
-def pmap_step(step_fn, static_argnums=()):
-  """Compiles a per-replica ``step_fn(state, batch, *static)`` with ``jax.pmap``.
-
-  The state (argument 0) is donated: its buffers are reused for the new state.
+  Attributes:
+    kind: 'pmap' or 'shard_map' (``config.parallel``).
   """
-  return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,),
-                  static_broadcasted_argnums=static_argnums)
+
+  kind = ""
+
+  def put_state(self, tree):
+    """Host ``tree`` (equal on every process) -> replicated device arrays."""
+    raise NotImplementedError
+
+  def put_batch(self, batch: np.ndarray):
+    """This host's (K, host_batch, ...) rows -> split over its devices (axis 1)."""
+    raise NotImplementedError
+
+  def put_copies(self, array: np.ndarray):
+    """This host's ``array`` -> one copy on each of its devices."""
+    raise NotImplementedError
+
+  def get(self, tree):
+    """Replicated device arrays -> this process's copy, as numpy arrays."""
+    raise NotImplementedError
+
+  def compile(self, fn: Callable, roles: tuple[str, ...], donate_argnums=(0,)) -> Callable:
+    """Maps the per-replica ``fn(*args)`` over every device (collectives over ``AXIS``).
+
+    Args:
+      fn: the per-replica function; every output is the same on all replicas.
+      roles: one of 'replicated', 'batch', 'copies' per argument.
+      donate_argnums: arguments whose buffers the outputs reuse.
+    """
+    raise NotImplementedError
 
 
-# --- shard_map: global arrays over a 1-D mesh of all devices ---------------
+class PmapRunner(Runner):
+  """``jax.pmap`` over this host's devices: arrays carry a leading device axis."""
+
+  kind = "pmap"
+  _IN_AXES = {"replicated": 0, "batch": 1, "copies": 0}
+
+  def __init__(self):
+    devices = jax.local_devices()
+    self._n = len(devices)
+    # What jax.pmap itself gives its outputs (and takes without a copy).
+    mesh = Mesh(np.array(devices), (AXIS,))
+    self._lead = NamedSharding(mesh, P(AXIS))
+    self._second = NamedSharding(mesh, P(None, AXIS))
+
+  def _broadcast(self, x):
+    x = np.asarray(x)
+    return np.broadcast_to(x, (self._n, *x.shape))
+
+  def put_state(self, tree):
+    return jax.device_put(jax.tree_util.tree_map(self._broadcast, tree), self._lead)
+
+  def put_batch(self, batch):
+    k, rows = batch.shape[:2]
+    return jax.device_put(batch.reshape(k, self._n, rows // self._n, *batch.shape[2:]),
+                          self._second)
+
+  def put_copies(self, array):
+    return jax.device_put(self._broadcast(array), self._lead)
+
+  def get(self, tree):
+    # The first local replica only: reading the global array would be a
+    # computation over every process's devices, which on a multi-host run
+    # only process 0 (writing grids) would enter, a deadlock.
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+  def compile(self, fn, roles, donate_argnums=(0,)):
+    return jax.pmap(fn, axis_name=AXIS, in_axes=tuple(self._IN_AXES[r] for r in roles),
+                    donate_argnums=donate_argnums)
+
+
+class ShardMapRunner(Runner):
+  """``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of every device of every host.
+
+  The state is one replicated global array per leaf (``P()``), the batch one
+  global array sharded along ``AXIS`` (axis 1), assembled from every host's
+  rows.
+  """
+
+  kind = "shard_map"
+
+  def __init__(self):
+    self.mesh = make_mesh()
+    self._specs = {"replicated": P(), "batch": P(None, AXIS), "copies": P(AXIS)}
+    self._shardings = {r: NamedSharding(self.mesh, s) for r, s in self._specs.items()}
+
+  def put_state(self, tree):
+    sharding = self._shardings["replicated"]
+
+    def put(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.tree_util.tree_map(put, tree)
+
+  def put_batch(self, batch):
+    return jax.make_array_from_process_local_data(self._shardings["batch"], batch)
+
+  def put_copies(self, array):
+    local = np.broadcast_to(array, (jax.local_device_count(), *array.shape))
+    return jax.make_array_from_process_local_data(self._shardings["copies"], local)
+
+  def get(self, tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+  def compile(self, fn, roles, donate_argnums=(0,)):
+    def per_replica(*args):
+      # A 'copies' block is (1, ...) per device: the replica's copy is [0].
+      args = [jax.tree_util.tree_map(lambda x: x[0], a) if r == "copies" else a
+              for a, r in zip(args, roles, strict=True)]
+      return fn(*args)
+
+    # check_vma=False: pmap's per-replica gradient semantics (module doc).
+    mapped = jax.shard_map(per_replica, mesh=self.mesh,
+                           in_specs=tuple(self._specs[r] for r in roles),
+                           out_specs=P(), check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate_argnums)
+
 
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis ``AXIS``."""
@@ -158,84 +258,12 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Explicit,))
 
 
-def put_replicated(tree, mesh):
-  """Host ``tree`` (equal on every process) -> replicated global arrays."""
-  sharding = NamedSharding(mesh, P())
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree_util.tree_map(put, tree)
+RUNNERS = {r.kind: r for r in (PmapRunner, ShardMapRunner)}
+WRAPPERS = tuple(RUNNERS)
 
 
-def get_replicated(tree):
-  """Replicated global arrays -> this process's copy (single-device arrays)."""
-  return jax.tree_util.tree_map(lambda x: x.addressable_data(0), tree)
-
-
-def put_sharded(batch: np.ndarray, mesh):
-  """This host's (local_batch, ...) -> the global batch sharded over ``AXIS``."""
-  per_device(batch.shape[0])
-  return jax.make_array_from_process_local_data(
-      NamedSharding(mesh, P(AXIS)), batch)
-
-
-def shard_map_step(step_fn, mesh, static_argnums=()):
-  """Compiles a per-replica ``step_fn(state, batch, *static)`` with shard_map.
-
-  The state (replicated, ``P()``) is donated; the batch is sharded along
-  ``AXIS``; every output is replicated (the step returns values equal on all
-  replicas: pmean'd gradients, statistics and metrics).
-  """
-  def step(state, batch, *static):
-    # check_vma=False: pmap's per-replica gradient semantics (module doc).
-    fn = jax.shard_map(lambda s, b: step_fn(s, b, *static), mesh=mesh,
-                       in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
-    return fn(state, batch)
-
-  return jax.jit(step, static_argnums=static_argnums, donate_argnums=(0,))
-
-
-# --- one entry point for the training loop ----------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Runner:
-  """A compiled step plus how to move state and batches on and off devices.
-
-  Attributes:
-    step: ``step(dev_state, dev_batch, do_d, do_g) -> (dev_state, dev_metrics)``;
-      the state argument is donated.
-    put_state: host state (one copy, equal on every process) -> device state.
-    put_batch: this host's (local_batch, ...) numpy batch -> device batch.
-    get: device state or metrics -> one host copy (single-device arrays).
-    kind: 'pmap' or 'shard_map'.
-  """
-
-  step: Callable
-  put_state: Callable[[Any], Any]
-  put_batch: Callable[[np.ndarray], Any]
-  get: Callable[[Any], Any]
-  kind: str
-
-
-def make_runner(step_fn, kind: str = "pmap", static_argnums=(2, 3)) -> Runner:
-  """Wraps a per-replica ``step_fn(state, batch, do_d, do_g)`` for all devices.
-
-  Args:
-    step_fn: the per-replica step (collectives over ``AXIS``).
-    kind: ``'pmap'`` or ``'shard_map'`` (``config.parallel``).
-    static_argnums: the step's static (Python bool) arguments.
-
-  Returns:
-    A ``Runner``.
-  """
-  if kind == "pmap":
-    return Runner(pmap_step(step_fn, static_argnums), replicate, put_local,
-                  unreplicate, kind)
-  if kind == "shard_map":
-    mesh = make_mesh()
-    return Runner(shard_map_step(step_fn, mesh, static_argnums),
-                  functools.partial(put_replicated, mesh=mesh),
-                  functools.partial(put_sharded, mesh=mesh),
-                  get_replicated, kind)
-  raise ValueError(f"config.parallel={kind!r}: expected one of {WRAPPERS}.")
+def make_runner(kind: str = "pmap") -> Runner:
+  """The runner of ``config.parallel`` (``'pmap'`` or ``'shard_map'``)."""
+  if kind not in RUNNERS:
+    raise ValueError(f"config.parallel={kind!r}: expected one of {WRAPPERS}.")
+  return RUNNERS[kind]()

@@ -1,4 +1,4 @@
-"""Training: state, the per-replica GAN step, and the training loop.
+"""Training: the per-replica GAN iteration, the compiled call, and the loop.
 
 One iteration is the original AnimeGAN iteration:
   * D step (every ``d_every`` steps): D on a real batch and, in a second pass,
@@ -12,67 +12,47 @@ BatchNorm running statistics.
 ``train_step`` is written per replica: it sees its share of the global batch
 and averages gradients over the mapped axis ``parallel.AXIS``; with
 ``sync_batch_stats`` BatchNorm statistics are averaged over that axis too.
+``make_step`` compiles ``config.steps_per_call`` iterations as one call,
+mapped over every device: the metrics (and the first non-finite step)
+accumulate inside it and are read only where the loop logs, draws or saves,
+so an ordinary step is one compiled call plus the next batch's placement.
 """
 
+import contextlib
+import dataclasses
 import functools
-import itertools
-import json
-import math
-import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import logging
 from clu import metrics
-from flax import struct
 from jax import lax
 
 from dcgan_jax import (
   checkpoints,
   config_lib,
+  device_input,
   guards,
   input_pipeline,
-  models,
   parallel,
   preemption,
   sampling,
 )
-
-
-class NetState(struct.PyTreeNode):
-  """One network's parameters, BatchNorm statistics and optimizer state."""
-
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  tx: optax.GradientTransformation = struct.field(pytree_node=False)
-
-  @property
-  def variables(self):
-    return {"params": self.params, "batch_stats": self.batch_stats}
-
-  def apply_gradients(self, grads) -> "NetState":
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    return self.replace(params=optax.apply_updates(self.params, updates),
-                        opt_state=opt_state)
-
-
-class GANState(struct.PyTreeNode):
-  """Everything a training run carries from step to step."""
-
-  step: jax.Array   # int32: iterations done
-  rng: jax.Array    # uint32[2]: the run's base key; noise is fold_in(rng, step)
-  g: NetState
-  d: NetState
-  # EMA of G's {'params', 'batch_stats'} (config.ema_decay > 0), else None.
-  ema: Any = None
+from dcgan_jax.state import (
+  GANState,
+  create_train_state,
+  make_models,
+  sampling_variables,
+  update_ema,
+)
 
 
 # (No `from __future__ import annotations` here: clu reads these annotations.)
@@ -89,113 +69,29 @@ class GMetrics(metrics.Collection):
   d_fake_g: metrics.Average.from_output("d_fake_g")  # mean D(G(z)) in the G step
 
 
-def get_dtype(name: str):
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-def make_models(config, axis_name: str | None = None):
-  """The (Generator, Discriminator) pair for ``config``.
-
-  Args:
-    config: needs nz, ngf, ndf, dtype, init_scheme.
-    axis_name: BatchNorm statistics are averaged over this mapped axis
-      (None: per-call statistics, also what initialisation and sampling use).
-  """
-  dtype = get_dtype(config.dtype)
-  return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme),
-          models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme))
-
-
-def create_train_state(config, rng) -> GANState:
-  """Initialises both nets and their Adam optimizers.
-
-  Args:
-    config: model sizes, lr_g, lr_d, beta1, beta2.
-    rng: a PRNGKey; the state keeps a key derived from it for the noise.
-
-  Returns:
-    A ``GANState`` at step 0 (unreplicated).
-  """
-  generator, discriminator = make_models(config)
-  kg, kd, knoise = jax.random.split(rng, 3)
-  z = jnp.zeros((2, config.nz))
-  x = jnp.zeros((2, config.image_size, config.image_size, 3))
-  g_vars = jax.jit(functools.partial(generator.init, train=False))(kg, z)
-  d_vars = jax.jit(functools.partial(discriminator.init, train=False))(kd, x)
-
-  def net(variables, lr):
-    tx = optax.adam(lr, b1=config.beta1, b2=config.beta2)
-    return NetState(variables["params"], variables["batch_stats"],
-                    tx.init(variables["params"]), tx)
-
-  ema = None
-  if config.ema_decay > 0:
-    ema = jax.tree_util.tree_map(jnp.array, dict(g_vars))  # a copy, not an alias
-  return GANState(step=jnp.zeros((), jnp.int32), rng=knoise,
-                  g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d), ema=ema)
-
-
-def update_ema(ema, variables, decay: float, step):
-  """One EMA update towards G's ``variables`` after ``step`` + 1 iterations.
-
-  The decay ramps up as TF's ExponentialMovingAverage with ``num_updates``
-  (``min(decay, (1 + n) / (10 + n))``) so short runs are not dominated by
-  the initial weights.
-  """
-  n = step.astype(jnp.float32)
-  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
-  return jax.tree_util.tree_map(lambda e, v: d * e + (1.0 - d) * v, ema, variables)
-
-
-def sampling_variables(state: GANState):
-  """G's variables for samples, generate and evaluation: the EMA when kept."""
-  return state.ema if state.ema is not None else state.g.variables
-
-
-def restore_trained(config, workdir: str, hint: str):
-  """A trained run's latest checkpoint, for sampling or evaluation.
-
-  Args:
-    config: the current config; ``init_from``, when set, names the run (a
-      workdir, checkpoints folder or step folder) instead of ``workdir``.
-    workdir: the run whose checkpoints are used.
-    hint: appended to the error when there is no checkpoint (what to do).
-
-  Returns:
-    (state, config to build the models with: ``config`` with the checkpoint's
-    model sizes, dtype and ``ema_decay``, the checkpoint's folder).
-  """
-  import ml_collections  # noqa: PLC0415 (configs are ConfigDicts; not needed to train)
-  try:
-    ckpts, step = checkpoints.open_for_reading(config.init_from or workdir)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"{e} {hint}") from e
-  saved = ckpts.config(step)
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  for key in (*checkpoints.MODEL_KEYS, "dtype"):
-    cfg[key] = saved[key]
-  cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
-  state = ckpts.restore(create_train_state(cfg, jax.random.PRNGKey(0)), step)
-  ckpts.close()
-  return state, cfg, ckpts.step_path(step)
-
-
 def bce(logits, target: float):
   """Mean sigmoid cross-entropy: the original's Sigmoid + BCELoss, stably."""
   return optax.sigmoid_binary_cross_entropy(
       logits, jnp.full_like(logits, target)).mean()
 
 
-def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
-               discriminator, nz: int, axis_name: str = parallel.AXIS,
-               ema_decay: float = 0.0):
+def _maybe(flag, update: Callable, carry, empty):
+  """``update(carry)`` -> (carry, metrics) if ``flag`` (a bool or a traced bool), else
+  (carry, ``empty``)."""
+  if isinstance(flag, bool):
+    return update(carry) if flag else (carry, empty)
+  return lax.cond(flag, update, lambda c: (c, empty), carry)
+
+
+def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, nz: int,
+               axis_name: str = parallel.AXIS, ema_decay: float = 0.0):
   """One GAN iteration on this replica's share of the batch.
 
   Args:
     state: the replica's copy of the training state.
-    real: (local_batch, S, S, 3) float images in [-1, 1].
-    do_d: whether this iteration updates D (static).
-    do_g: whether this iteration updates G (static).
+    real: (device_batch, S, S, 3) float images in [-1, 1].
+    do_d: whether this iteration updates D (a Python bool, or a traced bool).
+    do_g: whether this iteration updates G (likewise).
     generator: the G module (BatchNorm axis set for synchronised statistics).
     discriminator: the D module.
     nz: latent size.
@@ -203,20 +99,17 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
     ema_decay: if > 0, ``state.ema`` follows G's new variables (``update_ema``).
 
   Returns:
-    (new state, {'d': DMetrics, 'g': GMetrics}) with the metrics of the
-    updates that ran, averaged over replicas.
+    (new state, {'d': DMetrics, 'g': GMetrics}), averaged over replicas; the
+    metrics of a net this iteration did not update are empty (count 0).
   """
   k1, k2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
   b = real.shape[0]
-  replicas = lax.psum(1, axis_name)
 
   def noise(key):
     # Every replica draws the global batch's noise and takes its slice, so the
     # run does not depend on how many devices share the batch.
-    z = jax.random.normal(key, (b * replicas, nz))
+    z = jax.random.normal(key, (b * lax.axis_size(axis_name), nz))
     return lax.dynamic_slice_in_dim(z, lax.axis_index(axis_name) * b, b)
-  g, d = state.g, state.d
-  out = {}
   mean = functools.partial(lax.pmean, axis_name=axis_name)
 
   def run_g(g_params, g_stats, z):
@@ -227,7 +120,8 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
     return discriminator.apply({"params": d_params, "batch_stats": d_stats}, x,
                                mutable=["batch_stats"])
 
-  if do_d:
+  def d_update(nets):
+    g, d = nets
     fake, g_upd = run_g(g.params, g.batch_stats, noise(k1))
     g = g.replace(batch_stats=g_upd["batch_stats"])
     fake = lax.stop_gradient(fake)
@@ -240,12 +134,14 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
       return loss, (upd["batch_stats"], logit_real, logit_fake)
 
     (loss, (d_stats, lr, lf)), grads = jax.value_and_grad(d_loss, has_aux=True)(d.params)
-    d = d.apply_gradients(mean(grads)).replace(batch_stats=d_stats)
-    out["d"] = DMetrics.single_from_model_output(
+    d = d.apply_gradients(grads=mean(grads), batch_stats=d_stats)
+    return (g, d), DMetrics.single_from_model_output(
         loss_d=mean(loss), d_real=mean(jax.nn.sigmoid(lr).mean()),
         d_fake=mean(jax.nn.sigmoid(lf).mean()))
 
-  if do_g:
+  def g_update(nets):
+    g, d = nets
+
     def g_loss(g_params):
       fake, g_upd = run_g(g_params, g.batch_stats, noise(k2))
       logit, d_upd = run_d(d.params, d.batch_stats, fake)
@@ -253,20 +149,104 @@ def train_step(state: GANState, real, do_d: bool, do_g: bool, *, generator,
 
     (loss, (g_stats, d_stats, logit)), grads = jax.value_and_grad(
         g_loss, has_aux=True)(g.params)
-    g = g.apply_gradients(mean(grads)).replace(batch_stats=g_stats)
-    d = d.replace(batch_stats=d_stats)
-    out["g"] = GMetrics.single_from_model_output(
+    g = g.apply_gradients(grads=mean(grads), batch_stats=g_stats)
+    return (g, d.replace(batch_stats=d_stats)), GMetrics.single_from_model_output(
         loss_g=mean(loss), d_fake_g=mean(jax.nn.sigmoid(logit).mean()))
 
+  nets, m_d = _maybe(do_d, d_update, (state.g, state.d), DMetrics.empty())
+  (g, d), m_g = _maybe(do_g, g_update, nets, GMetrics.empty())
   # Per-device statistics (sync off) differ between replicas: keep their mean
   # so every replica holds the same state (a no-op when they are synchronised).
   g = g.replace(batch_stats=mean(g.batch_stats))
   d = d.replace(batch_stats=mean(d.batch_stats))
   ema = state.ema
   if ema_decay > 0:
-    ema = update_ema(ema, {"params": g.params, "batch_stats": g.batch_stats},
-                     ema_decay, state.step)
-  return state.replace(step=state.step + 1, g=g, d=d, ema=ema), out
+    ema = update_ema(ema, g.variables, ema_decay, state.step)
+  return state.replace(step=state.step + 1, g=g, d=d, ema=ema), {"d": m_d, "g": m_g}
+
+
+def empty_summary() -> dict:
+  """What a call accumulates between two reads: both nets' metrics, the first NaN."""
+  names = (*DMetrics.__annotations__, *GMetrics.__annotations__)
+  return {"d": DMetrics.empty(), "g": GMetrics.empty(),
+          "nonfinite": guards.FirstNonFinite.empty(names)}
+
+
+def _iterations(state, summary, batch, images, *, step_fn, d_every: int, g_every: int,
+                hide_trip_count: bool):
+  """``len(batch)`` iterations of ``step_fn`` on this replica, accumulating ``summary``.
+
+  ``batch`` is (K, device_batch, S, S, 3) images, or (K, device_batch) rows
+  of the device-resident ``images`` (``device_input``).
+  """
+  def body(i, carry):
+    state, summary = carry
+    rows = lax.dynamic_index_in_dim(batch, i, keepdims=False)
+    real = rows if images is None else device_input.gather(images, rows)
+    # Static when every step updates the net (the default): no cond at all.
+    do_d = True if d_every == 1 else state.step % d_every == 0
+    do_g = True if g_every == 1 else state.step % g_every == 0
+    state, m = step_fn(state, real, do_d, do_g)
+    values_d, values_g = m["d"].compute(), m["g"].compute()
+    ran = {**dict.fromkeys(values_d, do_d), **dict.fromkeys(values_g, do_g)}
+    values = {**values_d, **values_g}
+    return state, {"d": summary["d"].merge(m["d"]), "g": summary["g"].merge(m["g"]),
+                   "nonfinite": summary["nonfinite"].update(state.step, values, ran)}
+
+  n = batch.shape[0]
+  if hide_trip_count:
+    # A trip count XLA cannot see keeps the loop a loop for every K (K = 1
+    # included), so the iteration compiles the same way whatever K is, and
+    # K steps per call give bit-identical parameters to K calls of one.
+    n = lax.optimization_barrier(jnp.int32(n))
+  return lax.fori_loop(0, n, body, (state, summary))
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """The compiled training call of ``make_step`` and how to feed it.
+
+  Attributes:
+    runner: places the state, batches and images (``parallel.Runner``).
+    call: ``call(state, summary, batch, images) -> (state, summary)``: one
+      iteration per row of ``batch`` (placed by ``runner.put_batch``), the
+      state donated. ``images`` is None, or the device-resident images
+      (``runner.put_copies``) that ``batch`` indexes.
+    summary: ``empty_summary()`` on the devices, to start from and reset to.
+  """
+
+  runner: parallel.Runner
+  call: Callable
+  summary: Any
+
+
+def make_step(config) -> Step:
+  """Builds the training call for ``config`` (models, wrapper, ``d_every``/``g_every``).
+
+  Args:
+    config: model sizes and dtype, conv_impl, sync_batch_stats, nz, ema_decay,
+      d_every, g_every, parallel.
+
+  Returns:
+    A ``Step``; its ``call`` compiles on first use, once per length of batch.
+  """
+  runner = parallel.make_runner(config.parallel)
+  axis = parallel.AXIS if config.sync_batch_stats else None
+  generator, discriminator = make_models(config, axis)
+  step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator,
+                              nz=config.nz, ema_decay=config.ema_decay)
+  fn = functools.partial(_iterations, step_fn=step_fn, d_every=config.d_every,
+                         g_every=config.g_every,
+                         hide_trip_count=jax.default_backend() == "cpu")
+  call = runner.compile(fn, ("replicated", "replicated", "batch", "copies"))
+  return Step(runner, call, runner.put_state(empty_summary()))
+
+
+def host_scalars(summary) -> dict[str, float]:
+  """A host copy of a summary -> {name: mean} of the metrics that ran."""
+  return {name: float(m.total) / int(m.count)
+          for c in (summary["d"], summary["g"])
+          for name, m in vars(c).items() if isinstance(m, metrics.Average) and int(m.count)}
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -295,87 +275,198 @@ def _prefetch(it: Iterator, size: int = 2) -> Iterator:
     yield item
 
 
+@dataclasses.dataclass
+class _Feed:
+  """The calls' inputs: (steps done after the call, host batch, device batch).
+
+  With ``input_on_device`` the host batch is rows of image indices and
+  ``images`` the device-resident images; else the host batch is the images.
+  ``steps_per_call`` host batches are stacked per call; a run resumed at a
+  step that is not a multiple of it first takes a shorter call.
+  """
+
+  calls: Iterator
+  images: Any
+  real_images: Callable[[np.ndarray], np.ndarray]  # host batch -> its last images
+
+
+def _feed(config, inp: input_pipeline.Input, runner: parallel.Runner, start: int,
+          total: int) -> _Feed:
+  k = config.steps_per_call
+  if config.input_on_device:  # config_lib.validate refuses it for streamed folders
+    host_batch = parallel.split_batch(config.batch_size)[0]
+    source = device_input.index_rows(len(inp.images), host_batch, config.seed, start)
+    images = runner.put_copies(inp.images)
+    real = functools.partial(device_input.host_images, inp.images)
+  else:
+    source, images, real = inp.batches, None, lambda rows: rows
+
+  def calls():
+    done = start
+    while done < total:
+      n = min(k - done % k, total - done)
+      host = np.stack([next(source) for _ in range(n)])
+      done += n
+      yield done, host, runner.put_batch(host)
+  return _Feed(_prefetch(calls()), images, lambda host: real(host[-1][: config.num_plot]))
+
+
 def _write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real):
   """Sample grid from the fixed noise and a grid of real images: TB + PNG."""
   fake = sampling.sample(generator, sampling_variables(state), fixed_z)
-  grids = {"samples": sampling.make_grid(fake),
-           "real": sampling.make_grid(real[: len(fixed_z)])}
+  grids = {"samples": sampling.make_grid(fake), "real": sampling.make_grid(real)}
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
-  sampling.save_png(f"{workdir}/samples/samples_{step:07d}.png", grids["samples"])
-  sampling.save_png(f"{workdir}/samples/real_{step:07d}.png", grids["real"])
+  for name, grid in grids.items():
+    sampling.save_png(f"{workdir}/samples/{name}_{step:07d}.png", grid)
 
 
-def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
-  """FID/KID of G's sampling variables (the EMA when kept) and, with EMA, of G itself.
-
-  Returns:
-    ({'fid', 'kid'[, 'fid_no_ema', 'kid_no_ema']}, {tag: uint8 samples}) with
-    tag '' for the sampling variables and '_no_ema' for G without EMA.
-  """
-  runs = [("", sampling_variables(state))]
-  if state.ema is not None:
-    runs.append(("_no_ema", state.g.variables))
-  scores, samples = {}, {}
-  for tag, variables in runs:
-    m, images = evaluator.score_generator(generator, variables)
-    scores.update({k + tag: v for k, v in m.items()})
-    samples[tag] = images
-  return scores, samples
+@contextlib.contextmanager
+def _released(resource):
+  """``resource.close()`` on the way out; quietly (logged) when an error is on its way."""
+  try:
+    yield resource
+  except BaseException:
+    guards.run_quietly(resource.close)
+    raise
+  resource.close()
 
 
-def _write_fid(writer, evaluator, step: int, generator, state) -> dict:
-  t = time.perf_counter()
-  scores, _ = score_state(evaluator, generator, state)
-  writer.write_scalars(step, scores)
-  logging.info("Step %d: %s (%.0f s)", step,
-               ", ".join(f"{k}={v:.4g}" for k, v in scores.items()), time.perf_counter() - t)
-  return scores
+class _Run:
+  """One training run's open resources and its periodic work.
 
-
-class BestFid:
-  """Keeps the checkpoint with the lowest FID so far in ``WORKDIR/checkpoints_best``.
-
-  The best value and its step live in ``WORKDIR/best_fid.json``, so a resumed
-  run keeps comparing against them.
+  Everything opened here is released on every path out of the run (an error,
+  a NaN stop, a signal): the signal handler, the checkpoint managers and the
+  summary writer.
   """
 
-  DIR = "checkpoints_best"
+  feed: _Feed
 
-  def __init__(self, workdir: str):
-    self.record = os.path.join(workdir, "best_fid.json")
-    self.ckpts = checkpoints.Checkpoints(os.path.join(workdir, self.DIR), max_to_keep=1)
-    self.fid, self.step = math.inf, None
-    if os.path.exists(self.record):
-      with open(self.record) as f:
-        saved = json.load(f)
-      self.fid, self.step = saved["fid"], saved["step"]
+  def __init__(self, config, workdir: str, stack: contextlib.ExitStack):
+    self.config, self.workdir, self.stack = config, workdir, stack
+    self.stop = stack.enter_context(preemption.StopSignal())
+    self.ckpts = stack.enter_context(_released(checkpoints.Checkpoints(
+        f"{workdir}/{checkpoints.CHECKPOINT_DIR}", max_to_keep=config.max_to_keep)))
+    self.is_chief = jax.process_index() == 0
+    self.nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
+                     f"{' or train in float32' if config.dtype != 'float32' else ''}.")
 
-  def update(self, value: float, state, config) -> bool:
-    """Saves ``state`` if ``value`` is the lowest FID so far; returns whether it did."""
-    if not value < self.fid:
+  def start(self, inp, total: int, step: Step):
+    """Opens what the loop writes to: the summary writer, FID, the grids' inputs."""
+    from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
+    config = self.config
+    self.inp, self.total, self.step = inp, total, step
+    self.save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
+    self.writer = self.stack.enter_context(_released(metric_writers.create_default_writer(
+        self.workdir, just_logging=not self.is_chief)))
+    self.report = periodic_actions.ReportProgress(num_train_steps=total, writer=self.writer)
+    self.sampler = make_models(config)[0]
+    self.fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
+                                     (config.num_plot, config.nz))
+    self.evaluator = self.best = None
+    if self.is_chief and config.fid.eval_every > 0:
+      from dcgan_jax import evaluate, fid  # noqa: PLC0415
+      self.evaluator = fid.Evaluator.create(config, self.workdir)
+      # Orbax saves are collective: with several hosts only the chief knows the
+      # FID, so the best checkpoint is kept in single-process runs only.
+      if self.evaluator is not None and jax.process_count() == 1:
+        self.best = self.stack.enter_context(_released(evaluate.BestFid(self.workdir)))
+    self.t_log = self.n_log = None
+
+  def stopped_early(self, start: int) -> bool:
+    """Whether a signal came during start-up (then there is nothing new to save)."""
+    if not self.stop.should_stop(sync=True):
       return False
-    self.fid, self.step = float(value), int(state.step)
-    path = self.ckpts.save(state, config)
-    with open(self.record + ".tmp", "w") as f:
-      json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
-    os.replace(self.record + ".tmp", self.record)
-    logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
+    logging.warning("Stopped by %s during start-up, before training step %d: nothing new "
+                    "to save. Rerun with the same workdir to %s.", self.stop.name or
+                    "another host", start + 1, f"resume from step {start}" if start else
+                    "start")
     return True
 
-  def close(self):
-    self.ckpts.close()
+  def check(self, summary) -> None:
+    """Stops on a non-finite loss recorded since the summary was last reset."""
+    guards.check_finite(self.step.runner.get(summary["nonfinite"]), self.nan_hint,
+                        before_raise=self.ckpts.wait)
+
+  def log(self, done: int, summary):
+    """Writes the summary's means (and img/s) at step ``done``; returns it reset."""
+    self.check(summary)
+    scalars = host_scalars(self.step.runner.get(summary))
+    now = time.perf_counter()
+    if done > self.n_log:
+      scalars["imgs_per_sec"] = (done - self.n_log) * self.config.batch_size / (now - self.t_log)
+    self.t_log, self.n_log = now, done
+    self.writer.write_scalars(done, scalars)
+    return self.step.summary
+
+  def after_call(self, done: int, pstate, summary, host) -> tuple[Any, bool]:
+    """The periodic work due at step ``done``; returns (summary, whether to stop)."""
+    config, due = self.config, lambda every: done % every == 0 or done == self.total
+    if self.t_log is None:  # the first call includes compilation: time from here
+      jax.block_until_ready(pstate)
+      self.t_log, self.n_log = time.perf_counter(), done
+    self.report(done)
+    if due(config.log_every):
+      summary = self.log(done, summary)
+    host_state = functools.cache(lambda: self.step.runner.get(pstate))  # read once
+    if self.is_chief and due(config.plot_every):
+      self.check(summary)
+      _write_grids(self.writer, self.workdir, done, self.sampler, host_state(), self.fixed_z,
+                   self.feed.real_images(host))
+    if self.evaluator is not None and done % config.fid.eval_every == 0:
+      self.check(summary)
+      from dcgan_jax import evaluate  # noqa: PLC0415
+      evaluate.write_fid(self.writer, self.evaluator, done, self.sampler, host_state(),
+                         self.best, config)
+    # Hosts agree on stopping where they sync anyway (the logging steps).
+    stopping = self.stop.should_stop(sync=done % config.log_every == 0)
+    if due(self.save_every) or stopping:
+      self.check(summary)
+      self.save(done, host_state())
+    return summary, stopping
+
+  def save(self, done: int, host_state) -> None:
+    # Never a checkpoint of a non-finite state: the last good one stays.
+    guards.check_state_finite(host_state, done, self.nan_hint, before_raise=self.ckpts.wait)
+    with guards.checkpoint_writes(self.ckpts, done):
+      self.last_save = self.ckpts.save(host_state, self.config,
+                                       {"steps_per_epoch": self.inp.steps_per_epoch})
+    logging.info("Saving checkpoint of step %d to %s.", done, self.last_save)
+
+  def finish(self, done: int, stopped: bool) -> None:
+    """Waits for the last save (one clear error if it failed) and says how it ended."""
+    with guards.checkpoint_writes(self.ckpts, done):
+      self.ckpts.wait()
+    if stopped:
+      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
+                      "the same workdir to resume.", self.stop.name or "another host", done,
+                      self.last_save)
+    if self.inp.skipped:
+      logging.warning("Input: %s.", input_pipeline.format_skipped(self.inp.skipped,
+                                                                  self.inp.num_files))
 
 
-def _device_batches(config, inp, runner, start: int) -> Iterator:
-  """(host batch thunk, device batch) pairs; the thunk feeds the real-image grid."""
-  if not config.input_on_device:
-    return _prefetch(((lambda b=b: b), runner.put_batch(b)) for b in inp.batches)
-  from dcgan_jax import device_input  # noqa: PLC0415
-  # config_lib.validate refuses input_on_device for streamed folders.
-  dev = device_input.DeviceBatches(inp.images, config.batch_size // jax.process_count(),
-                                   config.seed, runner, start)
-  return ((functools.partial(dev.host_batch, step), b)
-          for step, b in zip(itertools.count(start), dev))
+def _finished(saved: dict, config, start: int) -> int | None:
+  """The run's length if its checkpoint at ``start`` already reached it, else None.
+
+  Known before any data is read when ``num_train_steps`` is set, or from the
+  steps per epoch the checkpoint recorded (same data and batch); otherwise
+  the caller decides once the data is loaded.
+  """
+  if config.num_train_steps > 0:
+    total = config.num_train_steps
+  else:
+    spe = saved["progress"].get("steps_per_epoch")
+    same = all(saved["config"].get(k) == config[k]
+               for k in ("dataset", "batch_size", "synthetic_size"))
+    if not (spe and same):
+      return None
+    total = num_train_steps(config, spe)
+  return total if start >= total else None
+
+
+def _already_trained(start: int, total: int) -> None:
+  logging.info("Already trained to step %d (num_train_steps=%d); raise num_train_steps "
+               "or num_epochs to train on.", start, total)
 
 
 def train_and_evaluate(config, workdir: str) -> GANState:
@@ -384,7 +475,8 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   Args:
     config: an ml_collections ConfigDict (see configs/anime.py).
     workdir: where TensorBoard events, sample grids and checkpoints go. A
-      workdir holding checkpoints is resumed from the latest one.
+      workdir holding checkpoints is resumed from the latest one; one already
+      trained to the config's length is left as it is.
 
   Returns:
     The final (unreplicated) training state. On SIGTERM/SIGINT, the state
@@ -394,108 +486,39 @@ def train_and_evaluate(config, workdir: str) -> GANState:
   config_lib.validate(config)
   input_pipeline.check_dataset(config.dataset)
   guards.check_workdir(workdir)
-  from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
-
-  is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  state = create_train_state(config, jax.random.PRNGKey(config.seed))
-  ckpts = checkpoints.Checkpoints(f"{workdir}/{checkpoints.CHECKPOINT_DIR}",
-                                  max_to_keep=config.max_to_keep)
-  state = checkpoints.restore_or_init(ckpts, state, config)
-  start = int(state.step)
-  inp = input_pipeline.create_input(config, start_step=start)
-  total = num_train_steps(config, inp.steps_per_epoch)
-  save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
-  logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
-               inp.description, inp.steps_per_epoch, start, total, jax.device_count())
-  logging.info("Process %d of %d, %d local device(s), wrapper %s.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), config.parallel)
-
-  axis = parallel.AXIS if config.sync_batch_stats else None
-  generator, discriminator = make_models(config, axis)
-  sampler = make_models(config)[0]
-  runner = parallel.make_runner(
-      functools.partial(train_step, generator=generator,
-                        discriminator=discriminator, nz=config.nz,
-                        ema_decay=config.ema_decay),
-      config.parallel)
-  fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1),
-                              (config.num_plot, config.nz))
-  pstate = runner.put_state(state)
-  del state
-  evaluator = best = None
-  if is_chief and config.fid.eval_every > 0:
-    from dcgan_jax import fid  # noqa: PLC0415
-    evaluator = fid.Evaluator.create(config, workdir)
-    # Orbax saves are collective: with several hosts only the chief knows the
-    # FID, so the best checkpoint is kept in single-process runs only.
-    if evaluator is not None and jax.process_count() == 1:
-      best = BestFid(workdir)
-  batches = _device_batches(config, inp, runner, start)
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  acc: dict[str, Any] = {}
-  t_log, n_log = None, 0
-  # A NaN stop first lets an in-flight save of an earlier, finite state finish.
-  guard = guards.FiniteGuard(runner.get, before_raise=ckpts.wait)
-  nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
-              f"{' or train in float32' if config.dtype != 'float32' else ''}.")
-  stop = preemption.StopSignal().install()
-
-  for step in range(start, total):
-    real_grid, batch = next(batches)
-    pstate, out = runner.step(pstate, batch, step % config.d_every == 0,
-                              step % config.g_every == 0)
-    for k, m in runner.get(out).items():
-      acc[k] = m if k not in acc else acc[k].merge(m)
-    done = step + 1
-    guard.add(done, out)
-    if t_log is None:  # the first step includes compilation: time from here
-      jax.block_until_ready(pstate)
-      t_log, n_log = time.perf_counter(), done
-    report(done)
-    if done % config.log_every == 0 or done == total:
-      guard.check(acc, nan_hint)
-      scalars = {k: float(v) for m in acc.values() for k, v in m.compute().items()}
-      acc = {}
-      now = time.perf_counter()
-      if done > n_log:
-        scalars["imgs_per_sec"] = (done - n_log) * config.batch_size / (now - t_log)
-      t_log, n_log = now, done
-      writer.write_scalars(done, scalars)
-    if is_chief and (done % config.plot_every == 0 or done == total):
-      guard.check(acc, nan_hint)
-      _write_grids(writer, workdir, done, sampler, runner.get(pstate),
-                   fixed_z, real_grid())
-    # Not forced at the last step: on a CPU a short run would spend far longer
-    # scoring fid.num_samples images than training (use --mode=eval instead).
-    if evaluator is not None and done % config.fid.eval_every == 0:
-      guard.check(acc, nan_hint)
-      host_state = runner.get(pstate)
-      scores = _write_fid(writer, evaluator, done, sampler, host_state)
-      if best is not None:
-        best.update(scores["fid"], host_state, config)
-    # Hosts agree on stopping where they sync anyway (the logging steps).
-    stopping = stop.should_stop(sync=done % config.log_every == 0)
-    if done % save_every == 0 or done == total or stopping:
-      saved = runner.get(pstate)
-      # Never a checkpoint of a non-finite state: the last good one stays.
-      guard.check(acc, nan_hint)
-      guards.check_state_finite(saved, done, nan_hint, before_raise=ckpts.wait)
-      with guards.checkpoint_writes(ckpts, done):
-        path = ckpts.save(saved, config)
-      logging.info("Saving checkpoint of step %d to %s.", done, path)
-    if stopping:
-      with guards.checkpoint_writes(ckpts, done):
-        ckpts.wait()
-      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with "
-                      "the same workdir to resume.", stop.name or "another host", done, path)
-      break
-  stop.uninstall()
-  with guards.checkpoint_writes(ckpts, done):
-    ckpts.close()
-  if best is not None:
-    best.close()
-  writer.flush()
-  if inp.skipped:
-    logging.warning("Input: %s.", input_pipeline.format_skipped(inp.skipped, inp.num_files))
-  return runner.get(pstate)
+  with contextlib.ExitStack() as stack:
+    run = _Run(config, workdir, stack)
+    state, saved = checkpoints.restore_or_init(
+        run.ckpts, create_train_state(config, jax.random.PRNGKey(config.seed)), config)
+    start = int(state.step)
+    if saved is not None and (total := _finished(saved, config, start)) is not None:
+      _already_trained(start, total)
+      return state
+    if run.stopped_early(start):
+      return state
+    inp = input_pipeline.create_input(config, start_step=start)
+    total = num_train_steps(config, inp.steps_per_epoch)
+    if start >= total:
+      _already_trained(start, total)
+      return state
+    config_lib.check_call_boundaries(config, total,
+                                     checkpoints.save_every_steps(config, inp.steps_per_epoch))
+    logging.info("Data: %s, %d steps/epoch; training steps %d..%d on %d device(s).",
+                 inp.description, inp.steps_per_epoch, start, total, jax.device_count())
+    logging.info("Process %d of %d, %d local device(s), wrapper %s.", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), config.parallel)
+    step = make_step(config)
+    run.start(inp, total, step)
+    if run.stopped_early(start):
+      return state
+    pstate, summary = step.runner.put_state(state), step.summary
+    del state
+    feed = run.feed = _feed(config, inp, step.runner, start, total)
+    done, stopped = start, False
+    for done, host, batch in feed.calls:
+      pstate, summary = step.call(pstate, summary, batch, feed.images)
+      summary, stopped = run.after_call(done, pstate, summary, host)
+      if stopped:
+        break
+    run.finish(done, stopped)
+    return step.runner.get(pstate)

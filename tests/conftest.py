@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -7,13 +10,45 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+# One persistent XLA cache for the session and the processes it starts: the
+# same tiny nets are compiled by many tests. Set before JAX is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix="dcgan-jax-test-xla-")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+# Compilations, counted from JAX's own events: a backend compile or, with the
+# cache above, an executable loaded from it (either means a new executable).
+COMPILATIONS: list[str] = []
+
+
+def _count_compilation(name, secs, **kw):
+  del secs, kw
+  if "backend_compile" in name or "cache_retrieval" in name:
+    COMPILATIONS.append(name)
+
+
+def _listen():
+  from jax import monitoring
+  monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
+_listen()
+
 SHARED_FACES = os.path.join(ROOT, "..", "shared", "data", "anime-faces-96", "face")
+
+
+def load_config(name: str):
+  """configs/<name>.py, loaded by path as main.py loads it."""
+  from dcgan_jax import config_lib
+  return config_lib.load(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def tiny_config(**overrides):
   """The demo config shrunk to seconds: 8-wide nets, batch 8, 64 faces."""
-  from configs import demo
-  c = demo.get_config()
+  c = load_config("demo")
   c.ngf = c.ndf = 8
   c.batch_size = 8
   c.synthetic_size = 64

@@ -13,7 +13,6 @@
         ('restored/...') and after resuming training to step 6 ('resumed/...').
 """
 
-import functools
 import os
 import sys
 
@@ -23,6 +22,7 @@ import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
 from dcgan_jax import input_pipeline, parallel, train  # noqa: E402
+from dcgan_jax.state import create_train_state  # noqa: E402
 
 
 def flat(state) -> dict:
@@ -39,22 +39,19 @@ def steps(out: str):
   # with float-noise gradients that Adam's first step scales to +-lr; with this
   # init they agree to 2e-6.
   config = tiny_config(batch_size=32, g_every=2, init_scheme="dcgan")
-  init = train.create_train_state(config, jax.random.PRNGKey(0))
+  init = create_train_state(config, jax.random.PRNGKey(0))
   batches = input_pipeline.create_input(config).batches
   batches = [next(batches) for _ in range(3)]
   result = {}
   for kind, sync in (("pmap", True), ("shard_map", True), ("pmap", False)):
-    g, d = train.make_models(config, parallel.AXIS if sync else None)
-    runner = parallel.make_runner(
-        functools.partial(train.train_step, generator=g, discriminator=d,
-                          nz=config.nz), kind)
-    state = runner.put_state(init)
+    step = train.make_step(tiny_config(batch_size=32, g_every=2, init_scheme="dcgan",
+                                       parallel=kind, sync_batch_stats=sync))
+    state = step.runner.put_state(init)
     # Per-device statistics: one step shows the difference.
     for i, batch in enumerate(batches if sync else batches[:1]):
-      state, _ = runner.step(state, runner.put_batch(batch), i % config.d_every == 0,
-                             i % config.g_every == 0)
+      state, _ = step.call(state, step.summary, step.runner.put_batch(batch[None]), None)
       name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
-      result.update({f"{name}/{k}": v for k, v in flat(runner.get(state)).items()})
+      result.update({f"{name}/{k}": v for k, v in flat(step.runner.get(state)).items()})
   np.savez(out, **result)
 
 
@@ -75,7 +72,7 @@ def resume(out: str, workdir: str, kind: str):
   config = _cluster_config(kind, 6)
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
                                   read_only=True)
-  restored = ckpts.restore(train.create_train_state(config, jax.random.PRNGKey(0)))
+  restored = ckpts.restore(create_train_state(config, jax.random.PRNGKey(0)))
   ckpts.close()
   resumed = train.train_and_evaluate(config, workdir)
   np.savez(out, **{f"restored/{k}": v for k, v in flat(restored).items()},

@@ -17,15 +17,37 @@ def _run(args, timeout=600):
   return out.stdout
 
 
+@pytest.mark.slow  # every layer's formulations, steps and loops: ~2 CPU minutes
 def test_accelerator_script_reports_every_measurement():
   out = _run(["bench/accelerator.py", "--batch", "8", "--steps", "2", "--warmup", "0",
-              "--ngf", "8", "--input-images", "16", "--torch-ref", "/nonexistent.py"])
-  for dtype in ("float32", "bfloat16"):
-    m = re.search(rf"jax_{dtype}_imgs_per_s=([0-9.]+) .*of_bound=([0-9.]+)", out)
-    assert m and float(m.group(1)) > 0, out
-    assert float(m.group(2)) == pytest.approx(float(m.group(1)) / 390_000, rel=0.01)
-  assert float(re.search(r"device_input_imgs_per_s=([0-9.]+)", out).group(1)) > 0
+              "--ngf", "8", "--ks", "1,2", "--loop-steps", "16", "--layer-reps", "1",
+              "--dtypes", "float32", "--torch-ref", "/nonexistent.py"])
+  layers = re.findall(r"^layer_(\S+)_(\S+)_float32_ms=([0-9.]+)", out, re.M)
+  assert len(layers) >= 10 + 7 and all(float(t) > 0 for *_, t in layers), out
+  assert {"D.conv1", "G.convt1"} <= {name for name, *_ in layers}
+  for impl in ("auto", "cpu"):
+    for k in (1, 2):
+      m = re.search(rf"step_float32_{impl}_k{k}_imgs_per_s=([0-9.]+) .*of_bound=([0-9.]+)", out)
+      assert m and float(m.group(1)) > 0, out
+      assert float(m.group(2)) == pytest.approx(float(m.group(1)) / 390_000, rel=0.01)
+  for k in (1, 2):
+    m = re.search(rf"loop_float32_k{k}_imgs_per_s=([0-9.]+) loop_efficiency=([0-9.]+) "
+                  r"compiles_after_warmup=(\d+)", out)
+    assert m and float(m.group(1)) > 0 and int(m.group(3)) == 0, out
   assert "torch_imgs_per_s=skipped (/nonexistent.py not found)" in out
+
+
+def test_train_loop_reports_loop_step_and_efficiency():
+  out = _run(["bench/train_loop.py", "--config", "demo", "--ngf", "8", "--ndf", "8",
+              "--batch", "8", "--steps", "12", "--log-every", "2", "--rss-at", "2,12",
+              "--step-steps", "4", "--steps-per-call", "2"])
+  loop = float(re.search(r"^loop_imgs_per_s=([0-9.]+)$", out, re.M).group(1))
+  step = float(re.search(r"^step_imgs_per_s=([0-9.]+)", out, re.M).group(1))
+  assert re.search(r"^loop_compiles_after_warmup=0 ", out, re.M), out
+  assert re.search(r"^peak_rss_mb_at_step_12=[0-9]+$", out, re.M), out
+  last = out.strip().splitlines()[-1]
+  assert last == f"loop_efficiency={loop / step:.3f}" or \
+      float(last.split("=")[1]) == pytest.approx(loop / step, abs=2e-3), out
 
 
 @pytest.mark.slow

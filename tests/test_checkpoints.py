@@ -185,3 +185,72 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, jax_cache_en
   out = _run_main(workdir, args, jax_cache_env)
   assert "Resumed from step 2 " in out
   assert sorted(os.listdir(ckdir)) == ["2", "4"]  # the stray tmp folder is gone
+
+
+def _files(root) -> dict[str, float]:
+  return {os.path.relpath(os.path.join(d, n), root): os.stat(os.path.join(d, n)).st_mtime_ns
+          for d, _, names in os.walk(root) for n in names}
+
+
+def test_a_rerun_of_a_finished_run_reads_no_data_writes_nothing_and_says_so(
+    tmp_path, caplog, monkeypatch):
+  caplog.set_level(logging.INFO)
+  steps = tiny_config(num_train_steps=3)
+  epochs = tiny_config(num_train_steps=-1, num_epochs=1)  # 64 faces / batch 8: 8 steps
+  first = train.train_and_evaluate(steps, str(tmp_path / "s"))
+  train.train_and_evaluate(epochs, str(tmp_path / "e"))
+  before = _files(tmp_path)
+  # The check comes before the data, the summary writer and the step.
+  monkeypatch.setattr(train.input_pipeline, "create_input", lambda *a, **k: pytest.fail("data"))
+  monkeypatch.setattr(train, "make_step", lambda *a: pytest.fail("compiled"))
+  caplog.clear()
+  again = train.train_and_evaluate(steps, str(tmp_path / "s"))
+  assert "Already trained to step 3 (num_train_steps=3); raise num_train_steps or " \
+      "num_epochs to train on." in caplog.text
+  _assert_bit_identical(again, first)
+  # Counted in epochs, the checkpoint knows the steps per epoch.
+  train.train_and_evaluate(epochs, str(tmp_path / "e"))
+  assert "Already trained to step 8 (num_train_steps=8)" in caplog.text
+  assert _files(tmp_path) == before
+
+
+def test_init_from_a_finished_run_trains_nothing_and_more_steps_train_on(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "a"))
+  b = tmp_path / "b"
+  state = train.train_and_evaluate(
+      tiny_config(num_train_steps=2, init_from=str(tmp_path / "a")), str(b))
+  assert int(state.step) == 2 and "Already trained to step 2" in caplog.text
+  assert not [n for n in os.listdir(b) if n.startswith("events")]
+  assert checkpoints.Checkpoints(str(b / "checkpoints")).all_steps() == []
+  longer = train.train_and_evaluate(tiny_config(num_train_steps=3), str(tmp_path / "a"))
+  assert int(longer.step) == 3 and "Resumed from step 2 " in caplog.text
+
+
+def test_a_checkpoint_from_before_the_train_states_restores_and_trains_on(tmp_path):
+  """Written as the first landings wrote them: no per-net step, no progress item."""
+  import orbax.checkpoint as ocp
+
+  from dcgan_jax import generate
+  from dcgan_jax.state import create_train_state
+  config = tiny_config(num_train_steps=4, g_every=2)
+  trained = train.train_and_evaluate(tiny_config(num_train_steps=3, g_every=2),
+                                     str(tmp_path / "new"))
+  old_tree = flax.serialization.to_state_dict(trained)
+  for net in ("g", "d"):
+    del old_tree[net]["step"]
+  with ocp.CheckpointManager(str(tmp_path / "old" / "checkpoints"),
+                             item_names=("state", "config")) as manager:
+    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old_tree),
+                                            config=ocp.args.JsonSave(config.to_dict())))
+  ckpts = checkpoints.Checkpoints(str(tmp_path / "old" / "checkpoints"), read_only=True)
+  restored = ckpts.restore(create_train_state(config, jax.random.PRNGKey(0)))
+  assert ckpts.progress() == {}
+  ckpts.close()
+  _assert_bit_identical(restored, trained)  # the per-net steps filled from Adam's counts
+  assert (int(restored.g.step), int(restored.d.step)) == (2, 3)
+  resumed = train.train_and_evaluate(config, str(tmp_path / "old"))
+  assert int(resumed.step) == 4 and int(resumed.g.step) == 2 and int(resumed.d.step) == 4
+  path = generate.run(tiny_config(gen_search_num=8, gen_num=4), str(tmp_path / "old"),
+                      "generate")
+  assert os.path.exists(path)

@@ -1,10 +1,12 @@
 """Config validation: every bad key is named with what it allows, before any work."""
 
+import os
+
 import ml_collections
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, load_config, tiny_config
 
-from dcgan_jax import config_lib, train
+from dcgan_jax import config_lib, defaults, train
 
 
 def _raw(**changes):
@@ -19,9 +21,24 @@ def _raw(**changes):
 
 
 def test_shipped_configs_pass():
-  from configs import anime, demo
-  for c in (anime.get_config(), demo.get_config(), tiny_config()):
+  for c in (load_config("anime"), load_config("demo"), tiny_config()):
     config_lib.validate(c, device_count=1)
+
+
+def test_the_anime_config_is_the_original_recipe_and_the_reference():
+  anime = load_config("anime")
+  assert anime.to_dict() == defaults.get_config().to_dict()
+  assert (anime.batch_size, anime.nz, anime.ngf, anime.ndf, anime.lr_g, anime.lr_d,
+          anime.beta1, anime.d_every, anime.g_every, anime.num_epochs, anime.gen_search_num,
+          anime.gen_num) == (256, 100, 64, 64, 2e-4, 2e-4, 0.5, 1, 1, 200, 512, 64)
+
+
+def test_the_library_does_not_depend_on_the_configs_folder():
+  for name in os.listdir(os.path.join(ROOT, "dcgan_jax")):
+    if name.endswith(".py"):
+      text = open(os.path.join(ROOT, "dcgan_jax", name)).read()
+      assert "from configs" not in text and "import configs" not in text, name
+  assert not os.path.exists(os.path.join(ROOT, "configs", "__init__.py"))
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -45,6 +62,8 @@ def test_shipped_configs_pass():
     ("init_scheme", "xavier", r"config.init_scheme='xavier': must be one of 'pytorch', 'dcgan'"),
     ("parallel", "pjit", r"config.parallel='pjit': must be one of 'pmap', 'shard_map'"),
     ("ema_decay", 1.5, r"config.ema_decay=1.5: must be a number in \[0, 1\)"),
+    ("conv_impl", "cudnn", r"config.conv_impl='cudnn': must be one of 'auto', 'cpu', 'xla'"),
+    ("steps_per_call", 0, r"config.steps_per_call=0: must be an integer >= 1"),
 ])
 def test_impossible_values_and_wrong_types_are_named(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message):
@@ -63,7 +82,7 @@ def test_unknown_and_missing_keys_are_named_all_at_once():
   lines = str(e.value).splitlines()[1:]
   assert len(lines) == 3, lines
   assert "config.batchsize: unknown key (did you mean 'batch_size'?" in lines[0]
-  assert "config.seed: missing (default in configs/anime.py: 0)" in lines[1]
+  assert "config.seed: missing (default in dcgan_jax/defaults.py: 0)" in lines[1]
   assert "config.log_every=0" in lines[2]
 
 
@@ -86,9 +105,9 @@ def test_a_config_file_with_an_extra_or_missing_key_fails_naming_it(tmp_path, mo
 
   from absl import flags
   cfg = tmp_path / "mine.py"
-  cfg.write_text("from configs import demo\n\n\ndef get_config():\n"
-                 "  c = demo.get_config()\n  c.learning_rate = 1e-3\n  del c['beta2']\n"
-                 "  return c\n")
+  cfg.write_text("from dcgan_jax import config_lib\n\n\ndef get_config():\n"
+                 f"  c = config_lib.load({os.path.join(ROOT, 'configs', 'demo.py')!r})\n"
+                 "  c.learning_rate = 1e-3\n  del c['beta2']\n  return c\n")
   argv = ["main.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}"]
   monkeypatch.setattr(sys, "argv", argv)
   monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
@@ -98,3 +117,38 @@ def test_a_config_file_with_an_extra_or_missing_key_fails_naming_it(tmp_path, mo
   with pytest.raises(config_lib.ConfigError,
                      match=r"(?s)config.learning_rate: unknown key.*config.beta2: missing"):
     main.main(["main.py"])
+
+
+def test_steps_per_call_must_divide_the_periodic_work_and_the_run():
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(_raw(steps_per_call=4, log_every=6, plot_every=8, num_train_steps=10,
+                             save_every_steps=-1), device_count=1)
+  lines = [line.strip() for line in str(e.value).splitlines()[1:]]
+  assert len(lines) == 2, lines
+  assert lines[0].startswith("config.log_every=6: must be a multiple of config.steps_per_call=4")
+  assert lines[1].startswith("config.num_train_steps=10: must be a multiple of")
+  config_lib.validate(_raw(steps_per_call=4, log_every=8, plot_every=4, num_train_steps=12,
+                           save_every_steps=-1), device_count=1)
+  c = _raw(steps_per_call=4)
+  c.fid.eval_every = 6
+  with pytest.raises(config_lib.ConfigError, match=r"config.fid.eval_every=6: must be a "):
+    config_lib.validate(c, device_count=1)
+
+
+def test_what_the_data_decides_is_checked_against_steps_per_call_too():
+  c = _raw(steps_per_call=4, num_train_steps=-1, num_epochs=3, save_every_steps=-1)
+  config_lib.check_call_boundaries(c, 3 * 8, 10 * 8)  # 8 steps per epoch: fine
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check_call_boundaries(c, 3 * 7, 10 * 7)
+  assert "config.num_epochs=3: makes 21 steps on this data, not a multiple of " \
+      "config.steps_per_call=4" in str(e.value)
+  assert "config.save_every_steps=-1: means every 70 steps (10 epochs)" in str(e.value)
+
+
+def test_training_checks_the_data_s_steps_before_compiling(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "make_step", lambda *a: pytest.fail("compiled"))
+  # 64 synthetic faces at batch 8: 8 steps per epoch, 3 epochs = 24 = 16 + 8.
+  with pytest.raises(config_lib.ConfigError, match=r"config.num_epochs=3: makes 24 steps"):
+    train.train_and_evaluate(tiny_config(num_train_steps=-1, num_epochs=3, steps_per_call=16,
+                                         log_every=16, plot_every=16, save_every_steps=16),
+                             str(tmp_path))

@@ -17,20 +17,30 @@ from dcgan_jax import config_lib, parallel, train
 # point (50 images, batch 8: 6 steps per epoch; steps 5..18).
 _COMPARE = textwrap.dedent("""
     import sys
+    import jax
     import numpy as np
     from dcgan_jax import device_input, input_pipeline, parallel
     images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     kind = sys.argv[1]
-    runner = parallel.make_runner(lambda s, b, d, g: (s, b), kind)
-    dev = device_input.DeviceBatches(images, 8, 3, runner, start_step=5)
+    runner = parallel.make_runner(kind)
+    # What each device sees, gathered from all of them (the outputs are replicated).
+    every_device = lambda x: jax.lax.all_gather(x, parallel.AXIS)
+    from_rows = runner.compile(
+        lambda rows, im: every_device(device_input.gather(im, rows[0])), ("batch", "copies"),
+        donate_argnums=())
+    from_host = runner.compile(lambda b: every_device(b[0]), ("batch",), donate_argnums=())
+    on_device = runner.put_copies(images)
+    rows = device_input.index_rows(50, 8, 3, start_step=5)
     host = input_pipeline.array_batches(images, 8, 3, start_step=5)
     for k in range(5, 19):
-      d = np.asarray(next(dev))
-      h = np.asarray(runner.put_batch(next(host)))
-      assert d.shape == h.shape, (d.shape, h.shape)
-      np.testing.assert_allclose(d, h, rtol=0, atol=1e-6)
-      np.testing.assert_array_equal(dev.host_batch(k), input_pipeline.to_float(
-          images[np.sort(input_pipeline.epoch_order(50, 8, 3, k // 6).reshape(6, 8)[k % 6])]))
+      r, h = next(rows), next(host)
+      d = runner.get(from_rows(runner.put_batch(r[None]), on_device))
+      want = runner.get(from_host(runner.put_batch(h[None])))
+      assert d.shape == want.shape, (d.shape, want.shape)
+      np.testing.assert_allclose(d, want, rtol=0, atol=1e-6)
+      np.testing.assert_array_equal(device_input.host_images(images, r), h)
+      np.testing.assert_array_equal(r, np.sort(
+          input_pipeline.epoch_order(50, 8, 3, k // 6).reshape(6, 8)[k % 6]))
     print("ok", kind, d.shape)
 """)
 
@@ -43,8 +53,7 @@ def test_device_batches_equal_the_host_batches(kind, devices):
   out = subprocess.run([sys.executable, "-c", _COMPARE, kind], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
-  shape = (devices, 8 // devices, 8, 8, 3) if kind == "pmap" else (8, 8, 8, 3)
-  assert f"ok {kind} {shape}" in out.stdout
+  assert f"ok {kind} {(devices, 8 // devices, 8, 8, 3)}" in out.stdout
 
 
 def test_training_on_device_input_matches_the_host_path(tmp_path):
@@ -65,6 +74,5 @@ def test_streamed_input_cannot_live_on_the_device(tmp_path):
 
 
 def test_an_unknown_wrapper_is_named():
-  # DeviceBatches maps its gather with the runner's wrapper: only make_runner's.
   with pytest.raises(ValueError, match="config.parallel='tpu'"):
-    parallel.make_runner(lambda s, b, d, g: (s, b), "tpu")
+    parallel.make_runner("tpu")

@@ -296,17 +296,18 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
 
 @pytest.mark.slow
 def test_ema_follows_g_with_the_ramped_decay():
-  from dcgan_jax import input_pipeline, parallel, train
+  from dcgan_jax import input_pipeline, train
+  from dcgan_jax.state import create_train_state, sampling_variables
   config = tiny_config(ema_decay=0.999)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = create_train_state(config, jax.random.PRNGKey(0))
   _assert_same_tree(state.ema, state.g.variables)
-  g, d = train.make_models(config, parallel.AXIS)
-  step = parallel.pmap_step(functools.partial(
-      train.train_step, generator=g, discriminator=d, nz=config.nz,
-      ema_decay=config.ema_decay), static_argnums=(2, 3))
-  batch = parallel.shard(next(input_pipeline.create_input(config).batches))
-  s1 = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
-  s2 = parallel.unreplicate(step(parallel.replicate(s1), batch, True, True)[0])
+  step = train.make_step(config)
+  batch = step.runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
+
+  def one(s):
+    return step.runner.get(step.call(step.runner.put_state(s), step.summary, batch, None)[0])
+  s1 = one(state)
+  s2 = one(s1)
   # Step n (0-based) uses decay min(0.999, (1 + n) / (10 + n)): 0.1, then 2/11.
   for prev, cur, decay in ((state, s1, 0.1), (s1, s2, 2 / 11)):
     expect = jax.tree_util.tree_map(lambda e, v, d=decay: d * e + (1 - d) * v,
@@ -314,13 +315,13 @@ def test_ema_follows_g_with_the_ramped_decay():
     for x, y in zip(jax.tree_util.tree_leaves(cur.ema), jax.tree_util.tree_leaves(expect),
                     strict=True):
       np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-  assert train.sampling_variables(s2) is s2.ema
+  assert sampling_variables(s2) is s2.ema
   diff = max(float(np.abs(a - b).max()) for a, b in zip(
       jax.tree_util.tree_leaves(s2.ema["params"]),
       jax.tree_util.tree_leaves(s2.g.params), strict=True))
   assert diff > 0
-  off = train.create_train_state(tiny_config(), jax.random.PRNGKey(0))
-  assert off.ema is None and train.sampling_variables(off) is not None
+  off = create_train_state(tiny_config(), jax.random.PRNGKey(0))
+  assert off.ema is None and sampling_variables(off) is not None
 
 
 # --- Evaluation end to end (stand-in weights file) ------------------------------------
@@ -342,10 +343,11 @@ def _eval_config(weights, **overrides):
 
 
 def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_weights):
-  from dcgan_jax import evaluate, train
+  from dcgan_jax import evaluate
+  from dcgan_jax.state import create_train_state, make_models
   config = _eval_config(stand_in_weights, ema_decay=0.99)
   config.fid.save_samples = True
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = create_train_state(config, jax.random.PRNGKey(0))
   # Make the EMA generator differ from G: its samples must differ too.
   state = state.replace(ema=jax.tree_util.tree_map(lambda x: x * 0.5, state.ema))
   scores = evaluate.evaluate(config, str(tmp_path), state)
@@ -355,7 +357,7 @@ def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_
   assert ema.shape == raw.shape == (BATCH, 96, 96, 3) and ema.dtype == np.uint8
   assert np.abs(ema.astype(int) - raw).max() > 0
   # The scored samples are G's samples from the evaluation noise.
-  g = train.make_models(config)[0]
+  g = make_models(config)[0]
   np.testing.assert_array_equal(
       raw, fid.generate_images(g, state.g.variables, BATCH, config.nz, seed=config.seed + 2))
 
@@ -376,7 +378,7 @@ def test_training_fid_best_checkpoint_and_eval_mode(tmp_path, stand_in_weights, 
     assert tags[tag] == [2], tags
   best = json.loads((tmp_path / "best_fid.json").read_text())
   assert best["step"] == 2 and np.isfinite(best["fid"])
-  ckpts, step = checkpoints.open_for_reading(str(tmp_path / train.BestFid.DIR))
+  ckpts, step = checkpoints.open_for_reading(str(tmp_path / evaluate.BestFid.DIR))
   assert step == 2
   ckpts.close()
   # Eval restores the latest checkpoint (with its EMA) and prints the metrics.

@@ -377,27 +377,26 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(tmp_path, monkeyp
     umount()
 
 
-def test_finite_guard_checks_lazily():
+def test_the_first_non_finite_step_is_kept_with_its_losses():
+  import jax
   import jax.numpy as jnp
 
-  from dcgan_jax.train import DMetrics
-
-  def m(v):
-    return {"d": DMetrics.single_from_model_output(
-        loss_d=jnp.float32(v), d_real=jnp.float32(0.5), d_fake=jnp.float32(0.5))}
-
-  guard = guards.FiniteGuard()
-  acc = None
-  for step, v in enumerate([1.0, 2.0, np.inf, 3.0, np.nan], 1):
-    guard.add(step, m(v))
-    acc = m(v) if acc is None else {"d": acc["d"].merge(m(v)["d"])}
-    if step == 2:
-      guard.check(acc)  # all finite so far: passes
-  with pytest.raises(guards.NonFiniteError, match="step 3 .*loss_d=inf"):
-    guard.check(acc)
-  guard.check(acc)  # nothing pending any more
-  assert guards.tree_is_finite({"a": jnp.ones(3), "n": jnp.int32(1)})
+  names = ("loss_d", "loss_g")
+  update = jax.jit(lambda f, step, d, g, ran_g: f.update(
+      step, {"loss_d": d, "loss_g": g}, {"loss_d": True, "loss_g": ran_g}))
+  first = guards.FirstNonFinite.empty(names)
+  for step, d, g, ran_g in [(1, 1.0, 2.0, True), (2, 0.5, np.nan, False),  # G skipped
+                            (3, np.inf, 3.0, True), (4, np.nan, np.nan, True)]:
+    first = update(first, jnp.int32(step), jnp.float32(d), jnp.float32(g), ran_g)
+    if step == 2:  # the NaN of a net that did not run is not a NaN of the run
+      guards.check_finite(jax.device_get(first))
+  host = jax.device_get(first)
+  assert int(host.step) == 3 and float(host.values["loss_g"]) == 3.0
+  with pytest.raises(guards.NonFiniteError, match=r"step 3 \(loss_d=inf\)"):
+    guards.check_finite(host, " Lower the learning rates.")
+  assert guards.tree_is_finite({"a": jnp.ones(3), "n": jnp.int32(1), "h": np.zeros(2)})
   assert not guards.tree_is_finite({"a": jnp.array([1.0, np.nan])})
+  assert not guards.tree_is_finite({"a": np.array([np.inf], np.float32)})
 
 
 def test_unwritable_workdir_fails_at_start_naming_it(tmp_path, monkeypatch):

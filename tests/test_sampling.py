@@ -9,13 +9,14 @@ from conftest import ROOT, tiny_config
 from PIL import Image
 
 from dcgan_jax import generate, sampling, torch_archive, torch_import, train
+from dcgan_jax.state import create_train_state, make_models
 
 
 @functools.cache
 def _models():
   config = tiny_config()
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  g, d = train.make_models(config)
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  g, d = make_models(config)
   # At init G's faces are ~1e-5 (and D's scores nearly tied): scale its last
   # layer up so that samples, and their scores, differ clearly.
   g_vars = jax.tree_util.tree_map(lambda x: x, state.g.variables)

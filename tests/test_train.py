@@ -4,23 +4,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
-from jax import monitoring
+from conftest import COMPILATIONS, tiny_config
 
-from dcgan_jax import input_pipeline, parallel, train
+from dcgan_jax import input_pipeline, train
+from dcgan_jax.state import create_train_state
+
+D_NAMES, G_NAMES = {"loss_d", "d_real", "d_fake"}, {"loss_g", "d_fake_g"}
 
 
 @functools.cache
-def _setup():
-  config = tiny_config()
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
-  g, d = train.make_models(config, parallel.AXIS)
-  step = parallel.pmap_step(
-      lambda s, x, do_d, do_g: train.train_step(s, x, do_d, do_g, generator=g,
-                                               discriminator=d, nz=config.nz),
-      static_argnums=(2, 3))
+def _setup(d_every: int = 1, g_every: int = 1):
+  config = tiny_config(d_every=d_every, g_every=g_every)
+  state = create_train_state(config, jax.random.PRNGKey(0))
   batch = next(input_pipeline.create_input(config).batches)
-  return config, state, step, parallel.shard(batch)
+  return state, train.make_step(config), batch
+
+
+def _calls(step, state, batches, per_call: int = 1):
+  """Runs ``batches`` through ``step``, ``per_call`` per call.
+
+  Returns:
+    (the final host state, the scalars read after each call).
+  """
+  pstate, logs = step.runner.put_state(state), []
+  for i in range(0, len(batches), per_call):
+    batch = step.runner.put_batch(np.stack(batches[i:i + per_call]))
+    pstate, summary = step.call(pstate, step.summary, batch, None)
+    logs.append(train.host_scalars(step.runner.get(summary)))
+  return step.runner.get(pstate), logs
 
 
 def _max_abs_diff(a, b):
@@ -29,70 +40,88 @@ def _max_abs_diff(a, b):
 
 
 def test_step_updates_params_stats_and_reports_finite_losses():
-  _, state, step, batch = _setup()
-  new, out = step(parallel.replicate(state), batch, True, True)
-  new = parallel.unreplicate(new)
+  state, step, batch = _setup()
+  new, (m,) = _calls(step, state, [batch])
   assert int(new.step) == 1
   for net in ("g", "d"):
     old_n, new_n = getattr(state, net), getattr(new, net)
     assert _max_abs_diff(old_n.params, new_n.params) > 0
     assert _max_abs_diff(old_n.batch_stats, new_n.batch_stats) > 0
-    assert int(new_n.opt_state[0].count) == 1
-  m = {k: float(v) for c in parallel.unreplicate(out).values() for k, v in c.compute().items()}
-  assert set(m) == {"loss_d", "d_real", "d_fake", "loss_g", "d_fake_g"}
+    assert int(new_n.opt_state[0].count) == 1 and int(new_n.step) == 1
+  assert set(m) == D_NAMES | G_NAMES
   assert all(np.isfinite(v) for v in m.values())
   # At init D is undecided: its loss is near 2 log 2, G's near log 2.
   assert 0.9 < m["loss_d"] < 2.5 and 0.2 < m["loss_g"] < 2.0
 
 
 def test_g_only_and_d_only_steps_leave_the_other_net_alone():
-  _, state, step, batch = _setup()
-  d_only, out = step(parallel.replicate(state), batch, True, False)
-  d_only = parallel.unreplicate(d_only)
-  assert set(out) == {"d"}
+  # At step 1, g_every=1000 skips G and d_every=1000 skips D.
+  state, step, batch = _setup(g_every=1000)
+  at_1 = state.replace(step=jnp.int32(1))
+  d_only, (m,) = _calls(step, at_1, [batch])
+  assert set(m) == D_NAMES
   assert _max_abs_diff(state.g.params, d_only.g.params) == 0
-  assert int(d_only.g.opt_state[0].count) == 0
-  g_only, out = step(parallel.replicate(state), batch, False, True)
-  g_only = parallel.unreplicate(g_only)
-  assert set(out) == {"g"}
+  assert int(d_only.g.opt_state[0].count) == 0 and int(d_only.g.step) == 0
+  assert int(d_only.d.step) == 1
+  state, step, batch = _setup(d_every=1000)
+  g_only, (m,) = _calls(step, at_1, [batch])
+  assert set(m) == G_NAMES
   assert _max_abs_diff(state.d.params, g_only.d.params) == 0
+  assert int(g_only.d.opt_state[0].count) == 0 and int(g_only.g.step) == 1
 
 
 def test_discriminator_loss_falls_on_a_fixed_batch():
-  _, state, step, batch = _setup()
-  s = parallel.replicate(state)
-  losses = []
-  for _ in range(8):
-    s, out = step(s, batch, True, False)
-    losses.append(float(parallel.unreplicate(out)["d"].compute()["loss_d"]))
+  state, step, batch = _setup(g_every=1000)  # steps 1..8 update D only
+  _, logs = _calls(step, state.replace(step=jnp.int32(1)), [batch] * 8)
+  losses = [m["loss_d"] for m in logs]
+  assert all(set(m) == D_NAMES for m in logs)
   assert losses[-1] < 0.8 * losses[0], losses
 
 
 def test_step_is_deterministic():
-  _, state, step, batch = _setup()
-  a = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
-  b = parallel.unreplicate(step(parallel.replicate(state), batch, True, True)[0])
+  state, step, batch = _setup()
+  a, _ = _calls(step, state, [batch])
+  b, _ = _calls(step, state, [batch])
   assert _max_abs_diff(a, b) == 0
+
+
+@pytest.mark.parametrize("g_every", [1, 1000])  # 1000: G at step 0 only, a traced cond
+def test_k_steps_per_call_are_bit_identical_to_one_per_call(g_every):
+  state, step, _ = _setup(g_every=g_every)
+  inp = input_pipeline.create_input(tiny_config())
+  batches = [next(inp.batches) for _ in range(8)]
+  one, logs_one = _calls(step, state, batches, per_call=1)
+  four, logs_four = _calls(step, state, batches, per_call=4)
+  for x, y in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four), strict=True):
+    assert x.dtype == y.dtype and np.array_equal(x, y)
+  assert int(four.step) == 8 and int(four.g.step) == (8 if g_every == 1 else 1)
+  # The summary of a call of four is the mean of the four single steps.
+  for k in logs_four[0]:
+    ran = [m[k] for m in logs_one[:4] if k in m]
+    assert logs_four[0][k] == pytest.approx(np.mean(ran), rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
 def test_the_step_compiles_once(kind):
   # A state placed under another pmap axis name than the step's own used to
-  # make the second step compile again (and the first logged img/s wrong).
-  compiles = []
-  monitoring.register_event_duration_secs_listener(
-      lambda name, secs, **kw: compiles.append(name) if "backend_compile" in name else None)
-  config = tiny_config()
-  g, d = train.make_models(config, parallel.AXIS)
-  runner = parallel.make_runner(functools.partial(
-      train.train_step, generator=g, discriminator=d, nz=config.nz), kind)
-  state = runner.put_state(train.create_train_state(config, jax.random.PRNGKey(0)))
-  batch = runner.put_batch(next(input_pipeline.create_input(config).batches))
-  state, _ = runner.step(state, batch, True, True)
+  # make the second step compile again (and the first logged img/s wrong);
+  # a batch placed by a new pmap per call compiled that pmap every step.
+  config = tiny_config(parallel=kind)
+  step = train.make_step(config)
+  state = step.runner.put_state(create_train_state(config, jax.random.PRNGKey(0)))
+  batches = input_pipeline.create_input(config).batches
+  summary = step.summary
+
+  def call(state, summary):
+    batch = step.runner.put_batch(next(batches)[None])  # a new batch every step
+    return step.call(state, summary, batch, None)
+
+  before = len(COMPILATIONS)
+  state, summary = call(state, summary)
   jax.block_until_ready(state)
-  first = len(compiles)
+  first = len(COMPILATIONS)
   for _ in range(3):
-    state, _ = runner.step(state, batch, True, True)
+    state, summary = call(state, summary)
   jax.block_until_ready(state)
-  assert first >= 1
-  assert len(compiles) == first
+  assert first > before
+  assert len(COMPILATIONS) == first
