@@ -22,7 +22,7 @@ def run(dtype: str, args):
   import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import input_pipeline, train  # noqa: PLC0415
+  from dcgan_jax import input_pipeline, summaries  # noqa: PLC0415
 
   config = common.get_config("demo", dtype=dtype, ngf=args.width, ndf=args.width,
                              batch_size=args.batch)
@@ -31,8 +31,9 @@ def run(dtype: str, args):
   inp = input_pipeline.create_input(config, process_index=0, process_count=1)
   losses, t0 = [], None
   for step, batch in zip(range(args.steps), inp.batches, strict=False):
-    state, summary = step_fn.call(state, step_fn.summary, runner.put_batch(batch[None]), None)
-    m = train.host_scalars(runner.get(summary))
+    state, summary = step_fn.call(state, step_fn.summary, runner.put_batch(batch[None]), None,
+                                   step)
+    m = summaries.host_scalars(runner.get(summary))
     losses.append((m["loss_d"], m["loss_g"]))
     if step == 0:
       t0 = time.perf_counter()

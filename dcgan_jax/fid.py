@@ -144,6 +144,29 @@ def generate_images(generator, variables, num: int, nz: int, seed: int = 0,
   return np.concatenate(out)[:num]
 
 
+def _subset(num: int, total: int) -> np.ndarray:
+  """The reference subset: all (num -1 or >= total), else a fixed random subset."""
+  if num < 0 or num >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(0).permutation(total)[:num])
+
+
+def reference_key(config, num: int) -> tuple[str, int, int] | None:
+  """(dataset identity, images in the dataset, reference images) without decoding.
+
+  None for TFDS datasets (their size is known once loaded).
+  """
+  from dcgan_jax import input_pipeline  # noqa: PLC0415
+  dataset = config.dataset
+  if dataset == "synthetic":
+    total = config.synthetic_size
+    return f"synthetic:{total}", total, len(_subset(num, total))
+  if dataset.startswith("tfds:"):
+    return None
+  total = len(input_pipeline.list_image_files(dataset))
+  return os.path.abspath(dataset), total, len(_subset(num, total))
+
+
 def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
   """The training images FID compares against, as the model sees them.
 
@@ -158,24 +181,18 @@ def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
   from dcgan_jax import input_pipeline  # noqa: PLC0415
 
   size, dataset = config.image_size, config.dataset
-
-  def subset(total):
-    if num < 0 or num >= total:
-      return np.arange(total)
-    return np.sort(np.random.default_rng(0).permutation(total)[:num])
-
   if dataset == "synthetic":
     from dcgan_jax import synthetic  # noqa: PLC0415
     total = config.synthetic_size
-    images = synthetic.make_faces(total, size, seed=1234)[subset(total)]
+    images = synthetic.make_faces(total, size, seed=1234)[_subset(num, total)]
     return images, f"synthetic:{total}", total
   if dataset.startswith("tfds:"):
     images = input_pipeline._tfds_images(dataset[5:], size, 0, 1)
     total = len(images)
-    return images[subset(total)], dataset, total
+    return images[_subset(num, total)], dataset, total
   files = input_pipeline.list_image_files(dataset)
   total = len(files)
-  chosen = [files[i] for i in subset(total)]
+  chosen = [files[i] for i in _subset(num, total)]
   return input_pipeline.load_images(chosen, size), os.path.abspath(dataset), total
 
 
@@ -222,6 +239,21 @@ class Evaluator:
                       "version": CACHE_VERSION}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return os.path.join(self.workdir, "fid_ref", f"{digest}.npz")
+
+  def reference_cost(self) -> int:
+    """Images the reference features still need (0 once cached; TFDS: unknown, 0)."""
+    key = reference_key(self.config, self.config.fid.num_ref)
+    if self._ref is not None or key is None or os.path.exists(self._cache_path(*key)):
+      return 0
+    return key[2]
+
+  def secs_per_image(self) -> float:
+    """The Inception's time per image on this device (one batch, after compiling)."""
+    batch = np.zeros((self.extract.batch, 96, 96, 3), np.uint8)
+    self.extract(batch)
+    t = time.perf_counter()
+    self.extract(batch)
+    return (time.perf_counter() - t) / len(batch)
 
   def reference_features(self) -> np.ndarray:
     """Features of the training images (computed once, cached in the workdir)."""

@@ -9,6 +9,8 @@
 * ``tree_is_finite``: the state itself, checked before a checkpoint is saved
   (a finite loss can still come with a NaN update).
 * ``check_workdir``: an unwritable workdir fails at start, naming the folder.
+* ``lock_workdir``: a second training run on a workdir whose run is still
+  going fails at start, naming the live process.
 * ``checkpoint_writes``: a checkpoint write that fails (disk full, I/O
   error; orbax reports these as ValueError or OSError, possibly one save
   later since saves are asynchronous) stops training with one clear error.
@@ -19,9 +21,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import math
 import os
+import socket
 import tempfile
+import time
 from typing import Any
 
 import flax
@@ -132,6 +138,68 @@ def check_workdir(workdir: str) -> None:
     raise type(e)(
         e.errno, f"workdir {workdir!r} is not a writable folder ({e.strerror or e}); "
         "pass --workdir=PATH naming a folder you can write to") from e
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another live training run holds the workdir."""
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+  """Held by ``lock_workdir``; ``announce`` writes who holds it into the file."""
+
+  def __init__(self, fd: int | None):
+    self._fd = fd
+
+  def announce(self) -> None:
+    """Names this process in the lock file (for a second run's error message)."""
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str, holder: bool = True):
+  """Holds ``WORKDIR/.lock`` while a training run uses the workdir.
+
+  An advisory ``flock``: the OS releases it when the process ends, however it
+  ends, so a crashed run leaves no stale lock. Taking it writes nothing; the
+  run ``announce``s itself once it is going to train.
+
+  Args:
+    workdir: the run's folder (it exists: ``check_workdir``).
+    holder: whether this process takes the lock. The hosts of one run share
+      its workdir, so only one of them (the chief) does.
+
+  Yields:
+    A ``WorkdirLock``.
+
+  Raises:
+    WorkdirInUseError: naming the live process that holds it, and what to do.
+  """
+  if not holder:
+    yield WorkdirLock(None)
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      with open(path) as f:
+        held = f.read().strip()
+      who = json.loads(held) if held.startswith("{") else {}
+      raise WorkdirInUseError(
+          f"workdir {workdir!r} is in use by another training run (pid "
+          f"{who.get('pid', '?')} on host {who.get('host', '?')}, started "
+          f"{who.get('started', '?')}). Wait for it to finish or stop it, or pass another "
+          "--workdir.") from None
+    yield WorkdirLock(fd)
+  finally:
+    os.close(fd)  # releases the lock
 
 
 class CheckpointWriteError(OSError):

@@ -339,8 +339,10 @@ def _tfds_images(name: str, image_size: int, process_index: int,
                  process_count: int) -> np.ndarray:
   tf = _tf()
   import tensorflow_datasets as tfds  # noqa: PLC0415
+  # drop_remainder: every host gets as many images, so all agree on the steps
+  # per epoch (otherwise one waits forever at the end of an epoch).
   split = tfds.split_for_jax_process("train", process_index=process_index,
-                                     process_count=process_count)
+                                     process_count=process_count, drop_remainder=True)
   ds = tfds.load(name, split=split, shuffle_files=False)
   ds = ds.map(lambda ex: _resize_and_crop(tf, _rgb(tf, ex["image"]), image_size),
               num_parallel_calls=tf.data.AUTOTUNE)
@@ -348,10 +350,15 @@ def _tfds_images(name: str, image_size: int, process_index: int,
 
 
 def _rgb(tf, img):
+  """uint8 RGB from a TFDS image of 1, 3 or 4 channels."""
   img = tf.image.convert_image_dtype(img, tf.uint8)
-  c = tf.shape(img)[-1]
-  return tf.case([(tf.equal(c, 1), lambda: tf.image.grayscale_to_rgb(img)),
-                  (tf.equal(c, 4), lambda: img[..., :3])], default=lambda: img)
+  # TFDS images have a static channel count; branching on it in the graph
+  # would trace grayscale_to_rgb on 3-channel images, which fails.
+  c = img.shape[-1]
+  if c is None:  # a dynamic one: gray is tiled, alpha dropped
+    return tf.cond(tf.equal(tf.shape(img)[-1], 1), lambda: tf.tile(img, [1, 1, 3]),
+                   lambda: img[..., :3])
+  return tf.image.grayscale_to_rgb(img) if c == 1 else img[..., :3]
 
 
 def create_input(config, *, start_step: int = 0, process_index: int | None = None,
@@ -382,12 +389,11 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
     desc = f"{total} synthetic faces"
   elif dataset.startswith("tfds:"):
     images = _tfds_images(dataset[5:], size, process_index, process_count)
-    total = len(images) * process_count
+    total = len(images) * process_count  # equal shares (drop_remainder)
     desc = f"TFDS {dataset[5:]!r}"
   else:
     return _folder_input(config, batch, start_step, process_index, process_count)
 
-  images = images[: total // process_count]
   steps = len(images) // batch
   _check_steps(steps, total, config.batch_size, desc)
   return Input(array_batches(images, batch, seed, start_step), total, steps,

@@ -123,7 +123,8 @@ def split_batch(batch_size: int, process_count: int | None = None,
 #   'batch': (K, host_batch, ...) host arrays, split over the devices along
 #     axis 1; each replica sees (K, device_batch, ...);
 #   'copies': one copy of a host array per local device (the device-resident
-#     images); each replica sees the array.
+#     images); each replica sees the array;
+#   'static': a hashable Python value, compiled in (one program per value).
 # Every output is replicated. Placement uses shardings built once: a batch
 # placed by ``put_batch`` carries exactly the sharding the step expects, so
 # the step never recompiles and no placement compiles anything.
@@ -159,17 +160,21 @@ class Runner:
 
     Args:
       fn: the per-replica function; every output is the same on all replicas.
-      roles: one of 'replicated', 'batch', 'copies' per argument.
+      roles: one of 'replicated', 'batch', 'copies', 'static' per argument.
       donate_argnums: arguments whose buffers the outputs reuse.
     """
     raise NotImplementedError
+
+
+def _statics(roles) -> tuple[int, ...]:
+  return tuple(i for i, r in enumerate(roles) if r == "static")
 
 
 class PmapRunner(Runner):
   """``jax.pmap`` over this host's devices: arrays carry a leading device axis."""
 
   kind = "pmap"
-  _IN_AXES = {"replicated": 0, "batch": 1, "copies": 0}
+  _IN_AXES = {"replicated": 0, "batch": 1, "copies": 0, "static": None}
 
   def __init__(self):
     devices = jax.local_devices()
@@ -202,7 +207,7 @@ class PmapRunner(Runner):
 
   def compile(self, fn, roles, donate_argnums=(0,)):
     return jax.pmap(fn, axis_name=AXIS, in_axes=tuple(self._IN_AXES[r] for r in roles),
-                    donate_argnums=donate_argnums)
+                    donate_argnums=donate_argnums, static_broadcasted_argnums=_statics(roles))
 
 
 class ShardMapRunner(Runner):
@@ -239,17 +244,25 @@ class ShardMapRunner(Runner):
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def compile(self, fn, roles, donate_argnums=(0,)):
-    def per_replica(*args):
-      # A 'copies' block is (1, ...) per device: the replica's copy is [0].
-      args = [jax.tree_util.tree_map(lambda x: x[0], a) if r == "copies" else a
-              for a, r in zip(args, roles, strict=True)]
-      return fn(*args)
+    statics = _statics(roles)
+    mapped_roles = [r for r in roles if r != "static"]
 
-    # check_vma=False: pmap's per-replica gradient semantics (module doc).
-    mapped = jax.shard_map(per_replica, mesh=self.mesh,
-                           in_specs=tuple(self._specs[r] for r in roles),
-                           out_specs=P(), check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate_argnums)
+    def call(*args):
+      static = {i: args[i] for i in statics}
+
+      def per_replica(*mapped):
+        # A 'copies' block is (1, ...) per device: the replica's copy is [0].
+        it = iter(jax.tree_util.tree_map(lambda x: x[0], a) if r == "copies" else a
+                  for a, r in zip(mapped, mapped_roles, strict=True))
+        return fn(*(static[i] if i in static else next(it) for i in range(len(roles))))
+
+      # check_vma=False: pmap's per-replica gradient semantics (module doc).
+      return jax.shard_map(per_replica, mesh=self.mesh,
+                           in_specs=tuple(self._specs[r] for r in mapped_roles),
+                           out_specs=P(), check_vma=False)(
+          *(a for i, a in enumerate(args) if i not in static))
+
+    return jax.jit(call, static_argnums=statics, donate_argnums=donate_argnums)
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -7,6 +7,11 @@ means "now": the process exits at once with status 128 + signal number.
 With several hosts, each host may receive the signal at a different step;
 ``StopSignal.should_stop`` makes them agree (any host stopping stops all) at
 the steps where it is asked to synchronise, so all save the same step.
+
+A signal can come at any moment, also while the process is still importing
+or loading data: ``catch_early`` (``main.py`` calls it before its heavy
+imports) records it, and the ``StopSignal`` installed later takes it over, so
+start-up ends cleanly too.
 """
 
 from __future__ import annotations
@@ -22,6 +27,23 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def _exit(code: int) -> None:  # a seam for tests
   os._exit(code)
+
+
+_early: list[int] = []  # signals caught by catch_early before a StopSignal took over
+
+
+def _catch(signum, frame):
+  del frame
+  if _early:
+    _exit(128 + signum)
+  _early.append(signum)
+
+
+def catch_early(signals=SIGNALS) -> None:
+  """Records SIGTERM/SIGINT from now on until a ``StopSignal`` is installed."""
+  if threading.current_thread() is threading.main_thread():
+    for s in signals:
+      signal.signal(s, _catch)
 
 
 class StopSignal:
@@ -59,10 +81,17 @@ class StopSignal:
     _exit(128 + signum)
 
   def install(self) -> StopSignal:
-    """Installs the handlers (main thread only; elsewhere a no-op)."""
+    """Installs the handlers (main thread only; elsewhere a no-op).
+
+    A signal ``catch_early`` recorded counts as received here.
+    """
     if threading.current_thread() is threading.main_thread():
       for s in self._signals:
         self._previous[s] = signal.signal(s, self._handle)
+      if _early and self.received is None:
+        self.received = _early.pop()
+        logging.warning("Received %s during start-up: stopping before training (send it "
+                        "again to exit at once).", self.name)
     return self
 
   def uninstall(self) -> None:

@@ -49,7 +49,7 @@ def steps(out: str):
     state = step.runner.put_state(init)
     # Per-device statistics: one step shows the difference.
     for i, batch in enumerate(batches if sync else batches[:1]):
-      state, _ = step.call(state, step.summary, step.runner.put_batch(batch[None]), None)
+      state, _ = step.call(state, step.summary, step.runner.put_batch(batch[None]), None, i)
       name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
       result.update({f"{name}/{k}": v for k, v in flat(step.runner.get(state)).items()})
   np.savez(out, **result)

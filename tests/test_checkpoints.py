@@ -254,3 +254,38 @@ def test_a_checkpoint_from_before_the_train_states_restores_and_trains_on(tmp_pa
   path = generate.run(tiny_config(gen_search_num=8, gen_num=4), str(tmp_path / "old"),
                       "generate")
   assert os.path.exists(path)
+
+
+# A SIGTERM while main.py is still importing (caught by preemption.catch_early),
+# and one while it loads the data: both end with status 0 and a clear line.
+_SIGTERM_AT = textwrap.dedent("""
+    import os, signal, sys
+    sys.argv[0] = "main.py"
+    when = sys.argv.pop(1)
+    from dcgan_jax import preemption
+    preemption.catch_early()
+    if when == "import":
+      os.kill(os.getpid(), signal.SIGTERM)
+    import main
+    from dcgan_jax import input_pipeline
+    real = input_pipeline.create_input
+    def create_input(*args, **kwargs):
+      if when == "data":
+        os.kill(os.getpid(), signal.SIGTERM)
+      return real(*args, **kwargs)
+    input_pipeline.create_input = create_input
+    from absl import app
+    app.run(main.main)
+""")
+
+
+@pytest.mark.parametrize("when", ["import", "data"])
+def test_a_sigterm_during_start_up_ends_cleanly(tmp_path, jax_cache_env, when):
+  r = subprocess.run([sys.executable, "-c", _SIGTERM_AT, when, *TINY,
+                      "--config.num_train_steps=3", f"--workdir={tmp_path}"],
+                     cwd=ROOT, env=jax_cache_env, capture_output=True, text=True, timeout=600,
+                     check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Stopped by SIGTERM during start-up, before training step 1: nothing new to " \
+      "save. Rerun with the same workdir to start." in r.stderr, r.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "checkpoints" / "3")

@@ -305,7 +305,8 @@ def test_ema_follows_g_with_the_ramped_decay():
   batch = step.runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
 
   def one(s):
-    return step.runner.get(step.call(step.runner.put_state(s), step.summary, batch, None)[0])
+    return step.runner.get(
+        step.call(step.runner.put_state(s), step.summary, batch, None, int(s.step))[0])
   s1 = one(state)
   s2 = one(s1)
   # Step n (0-based) uses decay min(0.999, (1 + n) / (10 + n)): 0.1, then 2/11.
@@ -390,3 +391,40 @@ def test_training_fid_best_checkpoint_and_eval_mode(tmp_path, stand_in_weights, 
   # The same G and noise as the training-time evaluation: the same FID.
   assert scores["fid"] == pytest.approx(best["fid"], rel=1e-5)
   assert int(state.step) == 2
+
+
+class _FakeEvaluator:
+  """An evaluator whose Inception takes 0.1 s per image, with 500 reference images to go."""
+
+  def secs_per_image(self):
+    return 0.1
+
+  def reference_cost(self):
+    return 500
+
+
+def test_fid_is_planned_within_a_tenth_of_the_time_or_the_log_says_why_not(caplog):
+  from dcgan_jax import evaluate
+  caplog.set_level(std_logging.INFO)
+  config = tiny_config(log_every=50, ema_decay=0.999)
+  config.fid.num_samples = 1000  # x2 with EMA: 200 s per evaluation at 10 img/s
+  config.fid.eval_every = -1
+  every = evaluate.plan_fid(config, _FakeEvaluator(), secs_per_step=0.5)
+  # 200 s may be at most 10% of the training time: 2,000 s, 4,000 steps (a multiple of 50).
+  assert every == 4000
+  assert ("FID: 2000 images at 10.0 img/s (the Inception here) take ~3.3 min per "
+          "evaluation, plus ~50 s once for 500 reference images; every 4000 steps of 0.5 s "
+          "that is 10% of the training time (fid.eval_every=-1).") in caplog.text
+  config.fid.eval_every = 100  # 50 s of training per 200 s of FID
+  caplog.clear()
+  assert evaluate.plan_fid(config, _FakeEvaluator(), secs_per_step=0.5) == 100
+  (record,) = [r for r in caplog.records if r.levelno == std_logging.WARNING]
+  assert "that is 400% of the training time. Raise fid.eval_every to 4000 or more (or -1: " \
+      "automatic), or lower fid.num_samples." in record.getMessage()
+
+
+def test_eval_takes_the_model_sizes_from_the_checkpoint(tmp_path, stand_in_weights):
+  from dcgan_jax import evaluate, train
+  train.train_and_evaluate(tiny_config(nz=64, num_train_steps=1), str(tmp_path))
+  scores = evaluate.evaluate(_eval_config(stand_in_weights), str(tmp_path))  # nz: 100
+  assert set(scores) == {"fid", "kid"} and np.isfinite(scores["fid"])

@@ -120,3 +120,36 @@ def test_tfds_dataset_by_name():
   assert b.shape == (4, 96, 96, 3) and b.dtype == np.float32   # 28x28x1 -> 96x96 RGB
   assert -1.0 <= b.min() and b.max() <= 1.0
   np.testing.assert_array_equal(b[..., 0], b[..., 2])
+
+
+def test_tfds_hosts_get_equal_shares_and_the_same_steps_per_epoch(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class OddSizedFaces(tfds.core.GeneratorBasedBuilder):
+    """23 tiny images: 2 hosts cannot split them evenly."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"image": tfds.features.Image(shape=(8, 8, 3))}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(23):
+        yield i, {"image": np.full((8, 8, 3), i, np.uint8)}
+
+  OddSizedFaces(data_dir=str(tmp_path)).download_and_prepare()
+  tfds.core.add_data_dir(str(tmp_path))
+  config = tiny_config(dataset="tfds:odd_sized_faces", batch_size=4)
+  hosts = [input_pipeline.create_input(config, process_index=i, process_count=2)
+           for i in range(2)]
+  # 11 images each (not 12 and 11): 5 steps of 2 images per host on both.
+  assert [len(h.images) for h in hosts] == [11, 11]
+  assert [h.steps_per_epoch for h in hosts] == [5, 5]
+  assert hosts[0].num_examples == hosts[1].num_examples == 22
+  firsts = {int(h.images[i, 0, 0, 0]) for h in hosts for i in range(11)}
+  assert len(firsts) == 22  # the two shares do not overlap

@@ -1,5 +1,6 @@
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -50,8 +51,8 @@ def test_mistyped_config_key_is_named(tmp_path, monkeypatch):
                "--config.batchsize=8"], monkeypatch)
 
 
-def _subprocess_main(workdir, extra, env_extra=None):
-  env = dict(os.environ, **(env_extra or {}))
+def _subprocess_main(workdir, extra, env=None):
+  env = dict(os.environ if env is None else env)
   cmd = [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={workdir}",
          *TINY, *extra]
   r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -62,13 +63,70 @@ def _subprocess_main(workdir, extra, env_extra=None):
 
 def test_trains_on_8_forced_host_devices(tmp_path):
   log = _subprocess_main(tmp_path, ["--config.num_train_steps=2", "--config.batch_size=16"],
-                         {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  assert "on 8 device(s)" in log
+                         dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert "Devices: 8 x cpu" in log and "Batch: 16 (16 per host, 2 per device)" in log
   assert os.path.exists(tmp_path / "samples" / "samples_0000002.png")
 
 
 def test_trains_on_the_real_faces(tmp_path, shared_faces):
   log = _subprocess_main(tmp_path, [f"--config.dataset={shared_faces}",
                                     "--config.num_train_steps=2"])
-  assert "6000 images in" in log
+  assert "Data: 6000 images in" in log
   assert os.path.exists(tmp_path / "samples" / "samples_0000002.png")
+
+
+def _quiet_env():
+  """The environment of a user who set nothing about logging."""
+  env = dict(os.environ)
+  for var in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "ABSL_MIN_LOG_LEVEL"):
+    env.pop(var, None)
+  return env
+
+
+def test_a_demo_run_prints_a_short_readable_console_and_tensorboard_gets_everything(
+    tmp_path):
+  cmd = [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={tmp_path}",
+         "--config.num_train_steps=60"]
+  r = subprocess.run(cmd, cwd=ROOT, env=_quiet_env(), capture_output=True, text=True,
+                     timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  lines = (r.stdout + r.stderr).strip().splitlines()
+  assert len(lines) <= 12, "\n".join(lines)
+  text = "\n".join(lines)
+  for want in (f"Training into {tmp_path}. A new run.", "Data: 2048 synthetic faces",
+               "Devices: 1 x cpu", "Batch: 32", "Steps: 0 -> 60", f"Grid: {tmp_path}/samples",
+               f"Checkpoint: step 60 -> {tmp_path}/checkpoints/60", "Done: step 60 in"):
+    assert want in text, text
+  assert re.search(r"step 50/60  [0-9.]+ img/s  ETA \d+s  loss_d [0-9.]+  loss_g [0-9.]+  "
+                   r"D\(x\) [0-9.]+  D\(G\(z\)\) [0-9.]+  \(G step [0-9.]+\)", text), text
+  assert not re.search(r"orbax|checkpoint_manager|oneDNN|absl::|xla_bridge", text), text
+  tags = _scalar_tags(tmp_path)
+  for tag in ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "imgs_per_sec",
+              "steps_per_sec", "uptime", "samples", "real"):
+    assert tag in tags, sorted(tags)
+  assert tags["loss_d"] == [50, 60]
+
+
+def test_verbose_brings_the_library_lines_back(tmp_path):
+  r = subprocess.run([sys.executable, "main.py", "--config=configs/demo.py",
+                      f"--workdir={tmp_path}", "--verbose", "--config.num_train_steps=2",
+                      *TINY], cwd=ROOT, env=_quiet_env(), capture_output=True, text=True,
+                     timeout=600, check=False)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "checkpoint_manager.py" in r.stderr and "Config:" in r.stderr
+  assert re.search(r"^I\d{4} .*train|^I\d{4} .*periodic", r.stderr, re.M)
+
+
+def test_rerunning_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):
+  _subprocess_main(tmp_path, ["--config.num_train_steps=2"], _quiet_env())
+  again = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={tmp_path}", *TINY,
+       "--config.num_train_steps=2"], cwd=ROOT, env=_quiet_env(), capture_output=True,
+      text=True, timeout=600, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  out = (again.stdout + again.stderr).strip().splitlines()
+  assert len(out) == 1 and out[0].endswith(
+      "Already trained to step 2 (num_train_steps=2); raise num_train_steps or num_epochs "
+      "to train on."), out
+  more = _subprocess_main(tmp_path, ["--config.num_train_steps=3"], _quiet_env())
+  assert "Resumed from step 2 " in more and "Done: step 3" in more

@@ -346,8 +346,8 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(tmp_path, monkeyp
   umount = _mount_tmpfs(ckpt_dir, "16m")
   real_save = checkpoints.Checkpoints.save
 
-  def save_then_fill(self, state, config):
-    path = real_save(self, state, config)
+  def save_then_fill(self, state, config, *args):
+    path = real_save(self, state, config, *args)
     if int(state.step) == 4:  # the disk fills up once step 4 is on it
       self.wait()
       with open(ckpt_dir / "filler", "wb") as f:
@@ -417,3 +417,68 @@ def test_unwritable_workdir_fails_at_start_naming_it(tmp_path, monkeypatch):
   with pytest.raises(PermissionError, match=r"workdir .*ro' is not a writable folder "
                                             r"\(Permission denied\).*--workdir"):
     train.train_and_evaluate(tiny_config(), str(ro))
+
+
+def test_a_nan_stop_still_releases_the_handler_the_checkpoints_and_the_writer(
+    tmp_path, monkeypatch):
+  import signal
+
+  from clu import metric_writers
+
+  from dcgan_jax import checkpoints
+  closed, create = [], metric_writers.create_default_writer
+
+  def recording_writer(*args, **kwargs):
+    writer = create(*args, **kwargs)
+    close = writer.close
+    writer.close = lambda: (closed.append("writer"), close())[1]
+    return writer
+
+  real_close = checkpoints.Checkpoints.close
+
+  def recording_close(self):
+    closed.append(os.path.basename(self.directory))
+    real_close(self)
+
+  monkeypatch.setattr(metric_writers, "create_default_writer", recording_writer)
+  monkeypatch.setattr(checkpoints.Checkpoints, "close", recording_close)
+  _nan_input(monkeypatch, bad_step=3)
+  handler = signal.getsignal(signal.SIGTERM)
+  config = tiny_config(num_train_steps=6, log_every=2, plot_every=100, save_every_steps=2)
+  with pytest.raises(guards.NonFiniteError, match=r"training step 4 \("):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert signal.getsignal(signal.SIGTERM) is handler
+  assert sorted(closed) == ["checkpoints", "writer"]
+  from test_main import _scalar_tags
+  assert _scalar_tags(tmp_path)["loss_d"] == [2]  # flushed before the stop
+  assert checkpoints.Checkpoints(str(tmp_path / "checkpoints")).all_steps() == [2]
+
+
+def test_a_second_run_on_a_live_workdir_fails_naming_the_process(tmp_path):
+  import subprocess
+  import sys
+  import time
+
+  from conftest import ROOT
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom dcgan_jax import guards\n"
+       "with guards.lock_workdir(sys.argv[1]) as lock:\n  lock.announce()\n"
+       "  print('locked', flush=True)\n  time.sleep(600)\n", str(tmp_path)],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(guards.WorkdirInUseError,
+                       match=rf"workdir '{tmp_path}' is in use by another training run "
+                             rf"\(pid {holder.pid} on host .*\). Wait for it to finish or "
+                             "stop it, or pass another --workdir"):
+      train.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()  # nothing of its own was opened
+  finally:
+    holder.kill()  # a crash: the lock goes with the process
+    holder.wait()
+  time.sleep(0.1)
+  state = train.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
+  assert int(state.step) == 1
+  # Hosts of one run share the workdir: only the chief holds the lock.
+  with guards.lock_workdir(str(tmp_path)), guards.lock_workdir(str(tmp_path), holder=False):
+    pass

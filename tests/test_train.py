@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import COMPILATIONS, tiny_config
 
-from dcgan_jax import input_pipeline, train
+from dcgan_jax import input_pipeline, summaries, train
 from dcgan_jax.state import create_train_state
 
 D_NAMES, G_NAMES = {"loss_d", "d_real", "d_fake"}, {"loss_g", "d_fake_g"}
@@ -29,8 +29,8 @@ def _calls(step, state, batches, per_call: int = 1):
   pstate, logs = step.runner.put_state(state), []
   for i in range(0, len(batches), per_call):
     batch = step.runner.put_batch(np.stack(batches[i:i + per_call]))
-    pstate, summary = step.call(pstate, step.summary, batch, None)
-    logs.append(train.host_scalars(step.runner.get(summary)))
+    pstate, summary = step.call(pstate, step.summary, batch, None, int(state.step) + i)
+    logs.append(summaries.host_scalars(step.runner.get(summary)))
   return step.runner.get(pstate), logs
 
 
@@ -87,11 +87,12 @@ def test_step_is_deterministic():
 
 @pytest.mark.parametrize("g_every", [1, 1000])  # 1000: G at step 0 only, a traced cond
 def test_k_steps_per_call_are_bit_identical_to_one_per_call(g_every):
-  state, step, _ = _setup(g_every=g_every)
+  state, single, _ = _setup(g_every=g_every)
+  looped = train.make_step(tiny_config(g_every=g_every), loop=True)
   inp = input_pipeline.create_input(tiny_config())
   batches = [next(inp.batches) for _ in range(8)]
-  one, logs_one = _calls(step, state, batches, per_call=1)
-  four, logs_four = _calls(step, state, batches, per_call=4)
+  one, logs_one = _calls(looped, state, batches, per_call=1)
+  four, logs_four = _calls(looped, state, batches, per_call=4)
   for x, y in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four), strict=True):
     assert x.dtype == y.dtype and np.array_equal(x, y)
   assert int(four.step) == 8 and int(four.g.step) == (8 if g_every == 1 else 1)
@@ -99,6 +100,9 @@ def test_k_steps_per_call_are_bit_identical_to_one_per_call(g_every):
   for k in logs_four[0]:
     ran = [m[k] for m in logs_one[:4] if k in m]
     assert logs_four[0][k] == pytest.approx(np.mean(ran), rel=1e-5)
+  # The straight-line step of steps_per_call=1 (no loop) agrees to float rounding.
+  straight, _ = _calls(single, state, batches, per_call=1)
+  assert _max_abs_diff(straight, four) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
@@ -114,7 +118,7 @@ def test_the_step_compiles_once(kind):
 
   def call(state, summary):
     batch = step.runner.put_batch(next(batches)[None])  # a new batch every step
-    return step.call(state, summary, batch, None)
+    return step.call(state, summary, batch, None, 0)
 
   before = len(COMPILATIONS)
   state, summary = call(state, summary)
