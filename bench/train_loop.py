@@ -105,8 +105,10 @@ def loop_config(name: str, steps: int, **overrides):
   return config
 
 
-def measure(config, warmup_steps: int | None = None) -> dict:
-  """Runs ``train.train_and_evaluate(config)`` in a fresh workdir and records it.
+def measure(config, warmup_steps: int | None = None, workdir: str | None = None) -> dict:
+  """Runs ``train.train_and_evaluate(config)`` and records it.
+
+  ``workdir`` keeps the run (default: a temporary folder, removed after).
 
   Returns:
     {'imgs_per_s': steady-state img/s from the first logged step after
@@ -128,7 +130,10 @@ def measure(config, warmup_steps: int | None = None) -> dict:
   metric_writers.create_default_writer = lambda *a, **kw: rec.wrap(create(*a, **kw))
   t0 = time.perf_counter()
   try:
-    with tempfile.TemporaryDirectory() as workdir:
+    if workdir is None:
+      with tempfile.TemporaryDirectory() as tmp:
+        train.train_and_evaluate(config, tmp)
+    else:
       train.train_and_evaluate(config, workdir)
   finally:
     metric_writers.create_default_writer = create

@@ -35,7 +35,15 @@ from dcgan_jax import state as state_lib
 
 CHECKPOINT_DIR = "checkpoints"
 # The model keys a checkpoint's arrays depend on: a mismatch cannot restore.
-MODEL_KEYS = ("nz", "ngf", "ndf", "image_size")
+# A key a checkpoint's config lacks (it predates the key) had its default.
+MODEL_KEYS = ("nz", "ngf", "ndf", "image_size", "d_spectral_norm", "d_batch_norm")
+
+
+def saved_model_keys(saved: dict[str, Any]) -> dict[str, Any]:
+  """The model keys of a checkpoint's config, defaults filled in for older ones."""
+  from dcgan_jax import defaults  # noqa: PLC0415
+  reference = defaults.get_config()
+  return {k: saved.get(k, reference[k]) for k in MODEL_KEYS}
 
 
 def save_every_steps(config, steps_per_epoch: int) -> int:
@@ -205,7 +213,8 @@ def locate(path: str) -> tuple[str, int | None]:
 
 def check_config(saved: dict[str, Any], config, where: str) -> None:
   """Raises if ``config``'s model sizes differ from the ``saved`` config's."""
-  diff = {k: (saved.get(k), config[k]) for k in MODEL_KEYS if saved.get(k) != config[k]}
+  model = saved_model_keys(saved)
+  diff = {k: (model[k], config[k]) for k in MODEL_KEYS if model[k] != config[k]}
   if diff:
     raise ValueError(
         f"the checkpoint {where} was trained with other model sizes: "
@@ -280,8 +289,8 @@ def restore_trained(config, workdir: str, hint: str):
   with ckpts:
     saved = ckpts.config(step)
     cfg = ml_collections.ConfigDict(config.to_dict())
-    for key in (*MODEL_KEYS, "dtype"):
-      cfg[key] = saved[key]
+    cfg.update(saved_model_keys(saved))
+    cfg.dtype = saved["dtype"]
     cfg.ema_decay = saved.get("ema_decay", 0.0)  # whether the state holds an EMA
     state = ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step)
   return state, cfg, ckpts.step_path(step)

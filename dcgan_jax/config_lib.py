@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from dcgan_jax import conv_ops, defaults, models, parallel
+from dcgan_jax import augment, conv_ops, defaults, losses, models, parallel
 
 # The sizes the architecture produces: its layers turn a 1x1 latent into
 # 4, 8, 16, 32 and then 96 pixels (see models.py).
@@ -38,6 +38,16 @@ def _at_least(lo) -> tuple[Callable, str]:
 
 def _positive_float() -> tuple[Callable, str]:
   return (lambda v: math.isfinite(v) and v > 0), "a finite number > 0"
+
+
+def _parses(parse: Callable) -> Callable:
+  def ok(v) -> bool:
+    try:
+      parse(v)
+    except ValueError:
+      return False
+    return True
+  return ok
 
 
 def _in(options, why: str = "") -> tuple[Callable, str]:
@@ -81,6 +91,9 @@ RULES: dict[str, tuple[Callable, str]] = {
     "parallel": _in(parallel.WRAPPERS),
     "conv_impl": _in(conv_ops.IMPLS),
     "steps_per_call": _at_least(1),
+    "loss": _in(losses.LOSSES),
+    "diffaugment": (_parses(augment.parse), "'' or a comma-separated subset of "
+                    + ", ".join(augment.POLICIES)),
     "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
 }
 

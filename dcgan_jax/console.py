@@ -97,11 +97,12 @@ def step_line(done: int, total: int, scalars: dict, imgs_per_sec: float | None,
   if eta_secs is not None:
     parts.append(f"ETA {_duration(eta_secs)}")
   names = (("loss_d", "loss_d"), ("loss_g", "loss_g"), ("D(x)", "d_real"),
-           ("D(G(z))", "d_fake"))
+           ("D(G(z))", "d_fake"), ("logit(x)", "logit_real"), ("logit(G(z))", "logit_fake"))
   parts += [f"{label} {scalars[k]:.3f}" for label, k in names if k in scalars]
-  if "d_fake_g" in scalars:  # D(G(z)) again, in the G step (after D's update)
-    g = f"{scalars['d_fake_g']:.3f}"
-    parts.append(f"(G step {g})" if "d_fake" in scalars else f"D(G(z)) {g} (G step)")
+  for d_step, g_step in (("d_fake", "d_fake_g"), ("logit_fake", "logit_fake_g")):
+    if g_step in scalars:  # D's output on G(z) again, in the G step (after D's update)
+      g = f"{scalars[g_step]:.3f}"
+      parts.append(f"(G step {g})" if d_step in scalars else f"{g_step} {g}")
   return "  ".join(parts)
 
 

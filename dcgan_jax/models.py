@@ -147,27 +147,46 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """images (B, 96, 96, 3) -> logits (B,). sigmoid(logit) is the original's D(x)."""
+  """images (B, 96, 96, 3) -> logits (B,). sigmoid(logit) is the original's D(x).
+
+  Attributes:
+    ndf: width of the first layer (the others are 2x, 4x, 8x).
+    bn_axis_name: as the Generator's.
+    dtype: computation dtype (parameters stay float32).
+    init_scheme: 'pytorch' (the original's) or 'dcgan' initialisation.
+    conv_impl: the convolutions' formulation (``conv_ops.IMPLS``).
+    spectral_norm: divide every kernel by its largest singular value
+      (``flax.linen.SpectralNorm``, Miyato et al. 2018), estimated by one step
+      of power iteration per training pass; its vectors are kept in
+      ``batch_stats`` under ``conv{i}_sn`` (the kernels keep their names).
+    batch_norm: D's BatchNorm layers (the original's); False drops them.
+  """
 
   ndf: int = 64
   bn_axis_name: str | None = None
   dtype: Dtype = jnp.float32
   init_scheme: str = "pytorch"
   conv_impl: str = "auto"
+  spectral_norm: bool = False
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    def conv(features, k, s, p, name):
-      return Conv(features, k, s, p, dtype=self.dtype, init_scheme=self.init_scheme,
-                  conv_impl=self.conv_impl, name=name)
+    def conv(x, features, k, s, p, name):
+      layer = Conv(features, k, s, p, dtype=self.dtype, init_scheme=self.init_scheme,
+                   conv_impl=self.conv_impl, name=name)
+      if self.spectral_norm:  # the kernel keeps its name; u and sigma go to {name}_sn
+        return nn.SpectralNorm(layer, name=f"{name}_sn")(x, update_stats=train)
+      return layer(x)
 
-    x = conv(self.ndf, 5, 3, 1, "conv0")(x.astype(self.dtype))
+    x = conv(x.astype(self.dtype), self.ndf, 5, 3, 1, "conv0")
     x = nn.leaky_relu(x, 0.2)
     for i, mult in enumerate((2, 4, 8), start=1):
-      x = conv(self.ndf * mult, 4, 2, 1, f"conv{i}")(x)
-      x = _batch_norm(train, self.bn_axis_name, self.dtype, self.init_scheme, f"bn{i}")(x)
+      x = conv(x, self.ndf * mult, 4, 2, 1, f"conv{i}")
+      if self.batch_norm:
+        x = _batch_norm(train, self.bn_axis_name, self.dtype, self.init_scheme, f"bn{i}")(x)
       x = nn.leaky_relu(x, 0.2)
-    x = conv(1, 4, 1, 0, "conv4")(x)
+    x = conv(x, 1, 4, 1, 0, "conv4")
     return x.reshape(x.shape[0]).astype(jnp.float32)
 
 

@@ -57,14 +57,17 @@ def make_models(config, axis_name: str | None = None):
   """The (Generator, Discriminator) pair for ``config``.
 
   Args:
-    config: needs nz, ngf, ndf, dtype, init_scheme, conv_impl.
+    config: needs nz, ngf, ndf, dtype, init_scheme, conv_impl, d_spectral_norm,
+      d_batch_norm.
     axis_name: BatchNorm statistics are averaged over this mapped axis
       (None: per-call statistics, also what initialisation and sampling use).
   """
   dtype = get_dtype(config.dtype)
   impl = config.get("conv_impl", "auto")
   return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme, impl),
-          models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme, impl))
+          models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme, impl,
+                               config.get("d_spectral_norm", False),
+                               config.get("d_batch_norm", True)))
 
 
 def create_train_state(config, rng) -> GANState:

@@ -1,8 +1,9 @@
 """What a training call accumulates between two reads, and reading it.
 
-A summary is {'d': DMetrics, 'g': GMetrics, 'nonfinite': FirstNonFinite}:
-clu averages of the losses and of D's outputs over the iterations that
-updated each net, and the first step whose losses were not finite. The
+A summary is {'d': D's metrics, 'g': G's, 'nonfinite': FirstNonFinite}: clu
+averages of the losses and of D's outputs (``METRICS``, by ``config.loss``:
+probabilities under BCE, scores under the hinge loss) over the iterations
+that updated each net, and the first step whose losses were not finite. The
 compiled step merges every iteration into it; the loop reads it only where it
 logs, draws or saves (``host_scalars``, ``guards.check_finite``).
 """
@@ -27,11 +28,27 @@ class GMetrics(metrics.Collection):
   d_fake_g: metrics.Average.from_output("d_fake_g")  # mean D(G(z)) in the G step
 
 
-def empty() -> dict:
+@flax.struct.dataclass
+class DScores(metrics.Collection):  # the hinge loss: D's outputs are scores
+  loss_d: metrics.Average.from_output("loss_d")
+  logit_real: metrics.Average.from_output("logit_real")
+  logit_fake: metrics.Average.from_output("logit_fake")
+
+
+@flax.struct.dataclass
+class GScores(metrics.Collection):
+  loss_g: metrics.Average.from_output("loss_g")
+  logit_fake_g: metrics.Average.from_output("logit_fake_g")
+
+
+METRICS = {"bce": (DMetrics, GMetrics), "hinge": (DScores, GScores)}  # by config.loss
+
+
+def empty(loss: str = "bce") -> dict:
   """What a call accumulates between two reads: both nets' metrics, the first NaN."""
-  names = (*DMetrics.__annotations__, *GMetrics.__annotations__)
-  return {"d": DMetrics.empty(), "g": GMetrics.empty(),
-          "nonfinite": guards.FirstNonFinite.empty(names)}
+  d, g = METRICS[loss]
+  return {"d": d.empty(), "g": g.empty(),
+          "nonfinite": guards.FirstNonFinite.empty((*d.__annotations__, *g.__annotations__))}
 
 
 def accumulate(summary, step, m, do_d, do_g):

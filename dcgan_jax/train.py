@@ -26,25 +26,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from dcgan_jax import (
+  augment,
   checkpoints,
   config_lib,
   device_input,
   input_pipeline,
+  losses,
   parallel,
   periodic,
   summaries,
 )
 from dcgan_jax.state import GANState, create_train_state, make_models, update_ema
-
-
-def bce(logits, target: float):
-  """Mean sigmoid cross-entropy: the original's Sigmoid + BCELoss, stably."""
-  return optax.sigmoid_binary_cross_entropy(
-      logits, jnp.full_like(logits, target)).mean()
 
 
 def _maybe(flag, update: Callable, carry, empty):
@@ -56,7 +51,8 @@ def _maybe(flag, update: Callable, carry, empty):
 
 
 def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, nz: int,
-               axis_name: str = parallel.AXIS, ema_decay: float = 0.0):
+               axis_name: str = parallel.AXIS, ema_decay: float = 0.0, loss: str = "bce",
+               diffaugment: tuple[str, ...] = ()):
   """One GAN iteration on this replica's share of the batch.
 
   Args:
@@ -69,19 +65,28 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
     ema_decay: if > 0, ``state.ema`` follows G's new variables (``update_ema``).
+    loss: ``losses.LOSSES``.
+    diffaugment: the transforms of every image D sees (``augment.parse``).
 
   Returns:
-    (new state, {'d': DMetrics, 'g': GMetrics}), averaged over replicas; the
-    metrics of a net this iteration did not update are empty (count 0).
+    (new state, {'d': D's metrics, 'g': G's}) averaged over replicas
+    (``summaries.METRICS[loss]``); the metrics of a net this iteration did not
+    update are empty (count 0).
   """
-  k1, k2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  b = real.shape[0]
+  base = jax.random.fold_in(state.rng, state.step)
+  k1, k2 = jax.random.split(base)
+  k_aug = jax.random.split(jax.random.fold_in(base, 1), 3)
+  b, index, count = real.shape[0], lax.axis_index(axis_name), lax.axis_size(axis_name)
+  d_metrics, g_metrics = summaries.METRICS[loss]
 
   def noise(key):
     # Every replica draws the global batch's noise and takes its slice, so the
     # run does not depend on how many devices share the batch.
-    z = jax.random.normal(key, (b * lax.axis_size(axis_name), nz))
-    return lax.dynamic_slice_in_dim(z, lax.axis_index(axis_name) * b, b)
+    z = jax.random.normal(key, (b * count, nz))
+    return lax.dynamic_slice_in_dim(z, index * b, b)
+
+  def seen(key, x):  # what D sees of x: augmented, in both nets' steps
+    return augment.apply(key, x, diffaugment, index, count) if diffaugment else x
   mean = functools.partial(lax.pmean, axis_name=axis_name)
 
   def run_g(g_params, g_stats, z):
@@ -100,33 +105,32 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
 
     def d_loss(d_params):
       # Two passes, as the original: BatchNorm sees real and fake apart.
-      logit_real, upd = run_d(d_params, d.batch_stats, real)
-      logit_fake, upd = run_d(d_params, upd["batch_stats"], fake)
-      loss = bce(logit_real, 1.0) + bce(logit_fake, 0.0)
-      return loss, (upd["batch_stats"], logit_real, logit_fake)
+      logit_real, upd = run_d(d_params, d.batch_stats, seen(k_aug[0], real))
+      logit_fake, upd = run_d(d_params, upd["batch_stats"], seen(k_aug[1], fake))
+      return losses.d_loss(loss, logit_real, logit_fake), (
+          upd["batch_stats"], logit_real, logit_fake)
 
-    (loss, (d_stats, lr, lf)), grads = jax.value_and_grad(d_loss, has_aux=True)(d.params)
+    (value, (d_stats, lr, lf)), grads = jax.value_and_grad(d_loss, has_aux=True)(d.params)
     d = d.apply_gradients(grads=mean(grads), batch_stats=d_stats)
-    return (g, d), summaries.DMetrics.single_from_model_output(
-        loss_d=mean(loss), d_real=mean(jax.nn.sigmoid(lr).mean()),
-        d_fake=mean(jax.nn.sigmoid(lf).mean()))
+    return (g, d), d_metrics.single_from_model_output(
+        loss_d=mean(value), **{k: mean(v) for k, v in losses.d_outputs(loss, lr, lf).items()})
 
   def g_update(nets):
     g, d = nets
 
     def g_loss(g_params):
       fake, g_upd = run_g(g_params, g.batch_stats, noise(k2))
-      logit, d_upd = run_d(d.params, d.batch_stats, fake)
-      return bce(logit, 1.0), (g_upd["batch_stats"], d_upd["batch_stats"], logit)
+      logit, d_upd = run_d(d.params, d.batch_stats, seen(k_aug[2], fake))
+      return losses.g_loss(loss, logit), (g_upd["batch_stats"], d_upd["batch_stats"], logit)
 
-    (loss, (g_stats, d_stats, logit)), grads = jax.value_and_grad(
+    (value, (g_stats, d_stats, logit)), grads = jax.value_and_grad(
         g_loss, has_aux=True)(g.params)
     g = g.apply_gradients(grads=mean(grads), batch_stats=g_stats)
-    return (g, d.replace(batch_stats=d_stats)), summaries.GMetrics.single_from_model_output(
-        loss_g=mean(loss), d_fake_g=mean(jax.nn.sigmoid(logit).mean()))
+    return (g, d.replace(batch_stats=d_stats)), g_metrics.single_from_model_output(
+        loss_g=mean(value), **{k: mean(v) for k, v in losses.g_outputs(loss, logit).items()})
 
-  nets, m_d = _maybe(do_d, d_update, (state.g, state.d), summaries.DMetrics.empty())
-  (g, d), m_g = _maybe(do_g, g_update, nets, summaries.GMetrics.empty())
+  nets, m_d = _maybe(do_d, d_update, (state.g, state.d), d_metrics.empty())
+  (g, d), m_g = _maybe(do_g, g_update, nets, g_metrics.empty())
   # Per-device statistics (sync off) differ between replicas: keep their mean
   # so every replica holds the same state (a no-op when they are synchronised).
   g = g.replace(batch_stats=mean(g.batch_stats))
@@ -212,8 +216,8 @@ def make_step(config, *, loop: bool | None = None) -> Step:
   """Builds the training call for ``config`` (models, wrapper, ``d_every``/``g_every``).
 
   Args:
-    config: model sizes and dtype, conv_impl, sync_batch_stats, nz, ema_decay,
-      d_every, g_every, parallel, steps_per_call.
+    config: the model keys, dtype, conv_impl, sync_batch_stats, ema_decay, loss,
+      diffaugment, d_every, g_every, parallel, steps_per_call.
     loop: run a call's iterations as one compiled loop (``lax.fori_loop``;
       default: when ``steps_per_call`` > 1). Without it a call is one
       iteration, compiled once per (do_d, do_g) it meets: a straight-line
@@ -227,8 +231,9 @@ def make_step(config, *, loop: bool | None = None) -> Step:
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
   step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator,
-                              nz=config.nz, ema_decay=config.ema_decay)
-  summary = runner.put_state(summaries.empty())
+                              nz=config.nz, ema_decay=config.ema_decay, loss=config.loss,
+                              diffaugment=augment.parse(config.diffaugment))
+  summary = runner.put_state(summaries.empty(config.loss))
   if config.steps_per_call > 1 if loop is None else loop:
     fn = runner.compile(functools.partial(
         _iterations, step_fn=step_fn, d_every=config.d_every, g_every=config.g_every,

@@ -37,6 +37,7 @@ def test_accelerator_script_reports_every_measurement():
   assert "torch_imgs_per_s=skipped (/nonexistent.py not found)" in out
 
 
+@pytest.mark.slow  # a training run and the isolated step: ~30 s
 def test_train_loop_reports_loop_step_and_efficiency():
   out = _run(["bench/train_loop.py", "--config", "demo", "--ngf", "8", "--ndf", "8",
               "--batch", "8", "--steps", "12", "--log-every", "2", "--rss-at", "2,12",

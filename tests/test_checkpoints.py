@@ -134,7 +134,7 @@ def _run_main(workdir, extra, env):
 def test_sigterm_saves_at_the_next_step_and_the_rerun_resumes(tmp_path, jax_cache_env):
   log = tmp_path / "log"
   proc = _start_main(tmp_path, ["--config.num_train_steps=100000"], log, jax_cache_env)
-  _wait_for(r"\[\d+\] .*loss_d=", log, proc)  # training is under way
+  _wait_for(r"step \d+/\d+ .*loss_d", log, proc)  # training is under way
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0
   text = open(log).read()

@@ -405,8 +405,8 @@ class _FakeEvaluator:
 
 def test_fid_is_planned_within_a_tenth_of_the_time_or_the_log_says_why_not(caplog):
   from dcgan_jax import evaluate
-  caplog.set_level(std_logging.INFO)
-  config = tiny_config(log_every=50, ema_decay=0.999)
+  caplog.set_level(std_logging.INFO, logger="absl")  # an earlier in-process flags parse
+  config = tiny_config(log_every=50, ema_decay=0.999)  # may have left absl at WARNING
   config.fid.num_samples = 1000  # x2 with EMA: 200 s per evaluation at 10 img/s
   config.fid.eval_every = -1
   every = evaluate.plan_fid(config, _FakeEvaluator(), secs_per_step=0.5)

@@ -78,14 +78,14 @@ def test_conv_transpose_matches_flax_and_its_gradients(k, s, p, hw):
 
 
 def test_discriminator_bce_equals_sigmoid_bceloss():
-  from dcgan_jax import train
+  from dcgan_jax.losses import bce
   logits = np.array([-5.0, -2.0, 0.0, 3.0, 6.0])
   p = 1 / (1 + np.exp(-logits))
-  np.testing.assert_allclose(train.bce(jnp.asarray(logits), 1.0), -np.mean(np.log(p)), rtol=1e-5)
-  np.testing.assert_allclose(train.bce(jnp.asarray(logits), 0.0), -np.mean(np.log(1 - p)),
+  np.testing.assert_allclose(bce(jnp.asarray(logits), 1.0), -np.mean(np.log(p)), rtol=1e-5)
+  np.testing.assert_allclose(bce(jnp.asarray(logits), 0.0), -np.mean(np.log(1 - p)),
                              rtol=1e-5)
   # Where BCELoss on a saturated sigmoid would give inf, the logit form stays exact.
-  np.testing.assert_allclose(train.bce(jnp.array([-200.0]), 1.0), 200.0, rtol=1e-6)
+  np.testing.assert_allclose(bce(jnp.array([-200.0]), 1.0), 200.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("k,s,p,hw", [(4, 2, 1, 8), (3, 2, 1, 7)])
