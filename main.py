@@ -51,7 +51,9 @@ def main(argv):
     logging.info("Config:\n%s", FLAGS.config)
   if FLAGS.mode == "train":
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  elif FLAGS.mode == "eval":
+    return
+  preemption.release_early()  # nothing to save: signals act as usual
+  if FLAGS.mode == "eval":
     from dcgan_jax import evaluate  # noqa: PLC0415
     evaluate.main(FLAGS.config, FLAGS.workdir)
   else:

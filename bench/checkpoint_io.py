@@ -13,7 +13,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dcgan_jax import checkpoints, train  # noqa: E402
+from dcgan_jax import checkpoints  # noqa: E402
+from dcgan_jax.state import create_train_state  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/anime.py", "A configs/*.py file.")
@@ -30,7 +31,7 @@ def _size(path):
 def main(_):
   config = FLAGS.config
   shutil.rmtree(FLAGS.dir, ignore_errors=True)
-  state = train.create_train_state(config, jax.random.PRNGKey(0))
+  state = create_train_state(config, jax.random.PRNGKey(0))
   if FLAGS.trained_like:
     keys = iter(jax.random.split(jax.random.PRNGKey(1), 1000))
     noise = lambda x: (jax.random.normal(next(keys), x.shape, x.dtype) * 1e-3

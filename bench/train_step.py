@@ -1,10 +1,9 @@
 #!/usr/bin/env python
 """Times the project's own jitted train step on a fixed device batch.
 
-Builds exactly what ``train.train_and_evaluate`` runs: ``create_train_state``,
-``make_models`` with the BatchNorm axis, and
-``parallel.make_runner(functools.partial(train.train_step, ...))`` over all
-local devices (state donated). One iteration is a D step + a G step, the
+Builds exactly what ``train.train_and_evaluate`` runs (``common.build_step``:
+``create_train_state`` and ``train.make_step``, the step mapped over all local
+devices with the state donated). One iteration is a D step + a G step, the
 PyTorch reference's iteration. The batch is a fixed random batch already on
 the device, so only the step is timed (after compilation, with
 ``block_until_ready``).

@@ -237,7 +237,7 @@ def restore_or_init(ckpts: Checkpoints, state, config):
   else ``config.init_from``'s checkpoint if set, else ``state`` (fresh).
 
   Args:
-    ckpts: the run's own checkpoints (closed here if restoring fails).
+    ckpts: the run's own checkpoints (its owner closes them).
     state: a freshly created state (the template).
     config: the run's config (init_from, model sizes).
 
@@ -246,27 +246,20 @@ def restore_or_init(ckpts: Checkpoints, state, config):
     {'config': the checkpoint's config, 'progress': its progress facts,
     'message': where the state comes from, a sentence for the log}).
   """
-  try:
-    return _restore_or_init(ckpts, state, config)
-  except BaseException:
-    ckpts.close()  # no orbax threads left behind by a failed start
-    raise
-
-
-def _restore_or_init(ckpts: Checkpoints, state, config):
   if (step := ckpts.latest_step()) is not None:
-    source, message = ckpts, "Resumed from step %d (%s)."
-  elif config.init_from:
-    (source, step), message = open_for_reading(config.init_from), "Initialised from step %d of %s."
-  else:
-    return state, None
+    return _restore_from(ckpts, step, state, config, "Resumed from step %d (%s).")
+  if config.init_from:
+    source, step = open_for_reading(config.init_from)
+    with source:  # closed however the restore ends
+      return _restore_from(source, step, state, config, "Initialised from step %d of %s.")
+  return state, None
+
+
+def _restore_from(source: Checkpoints, step: int, state, config, message: str):
   saved = {"config": source.config(step), "progress": source.progress(step),
            "message": message % (step, source.step_path(step))}
   check_config(saved["config"], config, source.step_path(step))
-  state = source.restore(state, step)
-  if source is not ckpts:
-    source.close()
-  return state, saved
+  return source.restore(state, step), saved
 
 def restore_trained(config, workdir: str, hint: str):
   """A trained run's latest checkpoint, for sampling or evaluation.

@@ -99,7 +99,7 @@ RULES: dict[str, tuple[Callable, str]] = {
 
 
 def reference_config() -> ml_collections.ConfigDict:
-  """The config every other one must match in keys and types."""
+  """The config every other one must match in keys and types (``defaults.py``)."""
   return defaults.get_config()
 
 
@@ -160,6 +160,20 @@ def _problems(config, ref, prefix: str = "") -> list[str]:
   return out
 
 
+def train_length(config, steps_per_epoch: int) -> int:
+  """The run's length in steps: ``num_train_steps``, or ``num_epochs`` epochs when it is -1."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch
+
+
+def describe_length(config, total: int) -> str:
+  """Which key sets the run's length of ``total`` steps, for messages."""
+  if config.num_train_steps > 0:
+    return f"num_train_steps={total}"
+  return f"num_epochs={config.num_epochs}: {total} steps"
+
+
 def _call_boundaries(config, sizes: dict[str, int]) -> list[str]:
   """The keys of ``sizes`` ({key: steps}) that are not multiples of steps_per_call."""
   k = config.get("steps_per_call", 1)
@@ -190,6 +204,9 @@ def validate(config, device_count: int | None = None) -> None:
       parallel.split_batch(batch, *((1, device_count) if device_count else ()))
     except ValueError as e:
       problems.append(str(e))
+  if not bad and config.fid.eval_every < -1:
+    problems.append(f"config.fid.eval_every={config.fid.eval_every}: must be -1 (automatic), "
+                    "0 (off) or a number of steps >= 1")
   if not bad:
     problems += _call_boundaries(config, {
         k: config[k] for k in ("log_every", "plot_every", "save_every_steps",

@@ -70,7 +70,8 @@ def quiet_libraries(verbose: bool = False, env=os.environ) -> None:
   handler.setFormatter(_Plain())
 
 
-def _duration(secs: float) -> str:
+def duration(secs: float) -> str:
+  """``42s``, ``3m05s``, ``2h07m``."""
   secs = int(round(secs))
   h, rem = divmod(secs, 3600)
   m, s = divmod(rem, 60)
@@ -95,7 +96,7 @@ def step_line(done: int, total: int, scalars: dict, imgs_per_sec: float | None,
   if imgs_per_sec is not None:
     parts.append(f"{imgs_per_sec:.1f} img/s")
   if eta_secs is not None:
-    parts.append(f"ETA {_duration(eta_secs)}")
+    parts.append(f"ETA {duration(eta_secs)}")
   names = (("loss_d", "loss_d"), ("loss_g", "loss_g"), ("D(x)", "d_real"),
            ("D(G(z))", "d_fake"), ("logit(x)", "logit_real"), ("logit(G(z))", "logit_fake"))
   parts += [f"{label} {scalars[k]:.3f}" for label, k in names if k in scalars]
@@ -108,4 +109,4 @@ def step_line(done: int, total: int, scalars: dict, imgs_per_sec: float | None,
 
 def done_line(done: int, secs: float, last_save: str | None, samples: str) -> str:
   where = f"; last checkpoint {last_save}" if last_save else ""
-  return f"Done: step {done} in {_duration(secs)}{where}; sample grids in {samples}"
+  return f"Done: step {done} in {duration(secs)}{where}; sample grids in {samples}"

@@ -85,15 +85,16 @@ def _conv_transpose_bwd(stride, padding, res, dy):
   return dx, vjp_k(x)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose_dilated(x, kernel, stride: int, padding: int):
-  """Lhs-dilated forward (the vjp of the strided conv), strided-conv backward."""
-  return _conv_transpose_fwd_impl(x, kernel, stride, padding)
+def _with_strided_backward(forward):
+  """``forward`` (a transposed conv) with its gradients through the strided conv."""
+  fn = jax.custom_vjp(forward, nondiff_argnums=(2, 3))
+  fn.defvjp(lambda x, kernel, s, p: (forward(x, kernel, s, p), (x, kernel)),
+            _conv_transpose_bwd)
+  return fn
 
 
-conv_transpose_dilated.defvjp(
-    lambda x, kernel, s, p: (_conv_transpose_fwd_impl(x, kernel, s, p), (x, kernel)),
-    _conv_transpose_bwd)
+# Lhs-dilated forward (the vjp of the strided conv), strided-conv backward.
+conv_transpose_dilated = _with_strided_backward(_conv_transpose_fwd_impl)
 
 
 def _phase_taps(k: int, s: int, p: int, size_in: int, r: int):
@@ -143,15 +144,8 @@ def conv_transpose_subpixel(x, kernel, stride: int, padding: int):
   return y.reshape(b, m * s, n * s, kernel.shape[2])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_transpose_hybrid(x, kernel, stride: int, padding: int):
-  """Sub-pixel forward, strided-conv backward (as ``conv_transpose_dilated``)."""
-  return conv_transpose_subpixel(x, kernel, stride, padding)
-
-
-conv_transpose_hybrid.defvjp(
-    lambda x, kernel, s, p: (conv_transpose_subpixel(x, kernel, s, p), (x, kernel)),
-    _conv_transpose_bwd)
+# Sub-pixel forward, strided-conv backward.
+conv_transpose_hybrid = _with_strided_backward(conv_transpose_subpixel)
 
 
 def conv_transpose_dense(x, kernel, stride: int, padding: int):

@@ -53,24 +53,49 @@ def host_images(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
   return input_pipeline.to_float(images[rows])
 
 
-def prefetch(it: Iterator, size: int = 2) -> Iterator:
-  """Runs ``it`` in a background thread, ``size`` items ahead."""
-  q: queue.Queue = queue.Queue(maxsize=size)
-  sentinel = object()
+class Prefetch:
+  """Runs an iterator in a background thread, ``size`` items ahead.
 
-  def work():
+  ``close`` stops the thread and drops what it holds (the run's ExitStack
+  calls it, however the loop ends).
+  """
+
+  def __init__(self, it: Iterator, size: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._done = object()
+    self._thread = threading.Thread(target=self._work, args=(it,), daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _work(self, it: Iterator) -> None:
     try:
       for item in it:
-        q.put(item)
+        if not self._put(item):
+          return
     except BaseException as e:  # noqa: BLE001 (re-raised in the consumer)
-      q.put(e)
-    q.put(sentinel)
+      self._put(e)
+    self._put(self._done)
 
-  threading.Thread(target=work, daemon=True).start()
-  while (item := q.get()) is not sentinel:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  def __iter__(self) -> Iterator:
+    while (item := self._queue.get()) is not self._done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+
+  def close(self) -> None:
+    self._stop.set()
+    while not self._queue.empty():
+      self._queue.get_nowait()
+    self._thread.join(timeout=10)
 
 
 @dataclasses.dataclass
@@ -86,9 +111,13 @@ class Feed:
       (the real-image grid).
   """
 
-  calls: Iterator
+  calls: Prefetch
   images: Any
   real_images: Callable[[np.ndarray], np.ndarray]
+
+  def close(self) -> None:
+    """Stops the background placement (what it holds is dropped)."""
+    self.calls.close()
 
 
 def feed(config, inp: input_pipeline.Input, runner: parallel.Runner, start: int,
@@ -117,7 +146,7 @@ def feed(config, inp: input_pipeline.Input, runner: parallel.Runner, start: int,
     done = start
     while done < total:
       n = min(k - done % k, total - done)
-      host = np.stack([next(source) for _ in range(n)])
+      host = np.stack([next(source) for _ in range(n)]) if n > 1 else next(source)[None]
       done += n
       yield done, host, runner.put_batch(host)
-  return Feed(prefetch(calls()), images, lambda host: real(host[-1][: config.num_plot]))
+  return Feed(Prefetch(calls()), images, lambda host: real(host[-1][: config.num_plot]))

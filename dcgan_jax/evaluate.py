@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoints, fid
+from dcgan_jax import checkpoints, console, fid
 from dcgan_jax.state import GANState, make_models, sampling_variables
 
 
@@ -94,10 +94,6 @@ def write_fid(writer, evaluator, step: int, generator, state, best: BestFid | No
 FID_BUDGET = 0.1  # FID's time as a share of the training time (fid.eval_every = -1)
 
 
-def _minutes(secs: float) -> str:
-  return f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
-
-
 def plan_fid(config, evaluator, secs_per_step: float) -> int:
   """Every how many steps training scores FID, logged with what it costs.
 
@@ -112,17 +108,17 @@ def plan_fid(config, evaluator, secs_per_step: float) -> int:
     evaluator: the run's ``fid.Evaluator``.
     secs_per_step: the training step's measured time, periodic work included.
   """
-  per_image = evaluator.secs_per_image()
+  per_image, ref_images = evaluator.secs_per_image(), evaluator.reference_cost()
   images = config.fid.num_samples * (2 if config.ema_decay > 0 else 1)
-  secs, ref = images * per_image, evaluator.reference_cost() * per_image
+  secs, ref = images * per_image, ref_images * per_image
   every = config.fid.eval_every
   if every < 0:
     blocks = math.ceil(secs / (FID_BUDGET * secs_per_step) / config.log_every)
     every = max(1, blocks) * config.log_every
   share = secs / (every * secs_per_step)
   line = (f"FID: {images} images at {1 / per_image:.1f} img/s (the Inception here) take "
-          f"~{_minutes(secs)} per evaluation"
-          + (f", plus ~{_minutes(ref)} once for {evaluator.reference_cost()} reference images"
+          f"~{console.duration(secs)} per evaluation"
+          + (f", plus ~{console.duration(ref)} once for {ref_images} reference images"
              if ref else "")
           + f"; every {every} steps of {secs_per_step:.3g} s that is {100 * share:.0f}% of "
           "the training time")

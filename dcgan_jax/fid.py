@@ -260,13 +260,15 @@ class Evaluator:
     if self._ref is not None:
       return self._ref
     num = self.config.fid.num_ref
-    images, dataset_id, total = reference_images(self.config, num)
-    path = self._cache_path(dataset_id, total, len(images))
-    if os.path.exists(path):
+    key = reference_key(self.config, num)  # no decoding when the cache has them
+    path = self._cache_path(*key) if key else None
+    if path and os.path.exists(path):
       with np.load(path) as z:
         self._ref = z["features"]
-      logging.info("FID reference features of %s from %s", dataset_id, path)
+      logging.info("FID reference features of %s from %s", key[0], path)
     else:
+      images, dataset_id, total = reference_images(self.config, num)
+      path = path or self._cache_path(dataset_id, total, len(images))
       t = time.perf_counter()
       self._ref = self.extract(images)
       os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -44,6 +44,7 @@ def load_models(config, workdir: str) -> Models:
                        "(generate ranks G's samples with D).")
     from dcgan_jax import torch_import  # noqa: PLC0415
     cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.d_spectral_norm, cfg.d_batch_norm = False, True  # the original's D
     g_vars, cfg.nz, cfg.ngf = torch_import.load_netg(config.torch_netg)
     d_vars, cfg.ndf = torch_import.load_netd(config.torch_netd)
     source = f"{config.torch_netg} + {config.torch_netd}"

@@ -385,7 +385,9 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
   if dataset == "synthetic":
     from dcgan_jax import synthetic  # noqa: PLC0415
     images = synthetic.make_faces(config.synthetic_size, size, seed=1234)
-    total, images = len(images), images[process_index::process_count]
+    total = len(images)
+    # Every host keeps as many images, so all take as many steps per epoch.
+    images = images[process_index::process_count][: total // process_count]
     desc = f"{total} synthetic faces"
   elif dataset.startswith("tfds:"):
     images = _tfds_images(dataset[5:], size, process_index, process_count)

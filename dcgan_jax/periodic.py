@@ -61,13 +61,12 @@ def known_length(saved: dict | None, config) -> int | None:
   ``num_train_steps`` when set; else from the steps per epoch the checkpoint
   recorded, if it saw the same data and batch.
   """
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  if saved is None or not (spe := saved["progress"].get("steps_per_epoch")):
-    return None
-  same = all(saved["config"].get(k) == config[k]
-             for k in ("dataset", "batch_size", "synthetic_size"))
-  return config.num_epochs * spe if same else None
+  spe = saved and saved["progress"].get("steps_per_epoch")
+  same = spe and all(saved["config"].get(k) == config[k]
+                     for k in ("dataset", "batch_size", "synthetic_size"))
+  if config.num_train_steps > 0 or same:
+    return config_lib.train_length(config, spe)
+  return None
 
 
 class Run:
@@ -96,12 +95,17 @@ class Run:
                      f"{' or train in float32' if config.dtype != 'float32' else ''}.")
     self.last_save = None
 
+  @staticmethod
+  def _fid_budget() -> float:
+    from dcgan_jax import evaluate  # noqa: PLC0415
+    return evaluate.FID_BUDGET
+
   def finished(self, start: int, total: int | None) -> bool:
     """Whether the run already reached its length (then it says so, once)."""
     if total is None or start < total:
       return False
-    logging.info("Already trained to step %d (num_train_steps=%d); raise num_train_steps "
-                 "or num_epochs to train on.", start, total)
+    logging.info("Already trained to step %d (%s); raise num_train_steps or num_epochs to "
+                 "train on.", start, config_lib.describe_length(self.config, total))
     return True
 
   def stopped_early(self, start: int) -> bool:
@@ -127,7 +131,7 @@ class Run:
     from clu import metric_writers, periodic_actions  # noqa: PLC0415 (needs TF)
     config = self.config
     self.lock.announce()
-    self.inp, self.start_step, self.total, self.step, self.feed = inp, start, total, step, feed
+    self.inp, self.total, self.step, self.feed = inp, total, step, feed
     self.save_every = checkpoints.save_every_steps(config, inp.steps_per_epoch)
     self.writer = self.stack.enter_context(released(metric_writers.create_default_writer(
         self.workdir, just_logging=not self.is_chief)))
@@ -145,8 +149,9 @@ class Run:
         self.best = self.stack.enter_context(released(evaluate.BestFid(self.workdir)))
     self.t0 = self.t_log = self.n_log = None
     host_batch, device_batch = parallel.split_batch(config.batch_size)
-    fid_when = ("FID off" if self.evaluator is None else "FID as often as 10% of the time "
-                "allows" if config.fid.eval_every < 0 else f"FID every {config.fid.eval_every}")
+    fid_when = ("FID off" if self.evaluator is None else "FID as often as keeps it within "
+                f"{self._fid_budget():.0%} of the training time" if config.fid.eval_every < 0
+                else f"FID every {config.fid.eval_every}")
     for line in console.header(
         workdir=self.workdir, data=inp.description, steps_per_epoch=inp.steps_per_epoch,
         start=start, total=total,
@@ -159,15 +164,9 @@ class Run:
                 f"checkpoints every {self.save_every}, {fid_when}"):
       logging.info("%s", line)
 
-  def check(self, summary) -> None:
-    """Stops on a non-finite loss recorded since the summary was last reset."""
-    guards.check_finite(self.step.runner.get(summary["nonfinite"]), self.nan_hint,
-                        before_raise=self.ckpts.wait)
-
-  def log(self, done: int, summary):
-    """The log step: scalars to TensorBoard, one console line; returns the summary reset."""
-    self.check(summary)
-    scalars = summaries.host_scalars(self.step.runner.get(summary))
+  def log(self, done: int, host_summary) -> None:
+    """The log step: scalars to TensorBoard, one console line."""
+    scalars = summaries.host_scalars(host_summary)
     now = time.perf_counter()
     rate = eta = None
     if done > self.n_log:
@@ -178,7 +177,6 @@ class Run:
     self.t_log, self.n_log = now, done
     self.writer.write_scalars(done, scalars)
     logging.info("%s", console.step_line(done, self.total, scalars, rate, eta))
-    return self.step.summary
 
   def after_call(self, done: int, pstate, summary, host) -> tuple[Any, bool]:
     """The periodic work due at step ``done``; returns (summary, whether to stop)."""
@@ -188,36 +186,52 @@ class Run:
       self.t0 = self.t_log = time.perf_counter()
       self.n0 = self.n_log = done
     self.report(done)
-    if due(config.log_every):
-      summary = self.log(done, summary)
+    # Hosts agree on stopping where they sync anyway (the logging steps).
+    stopping = self.stop.should_stop(sync=done % config.log_every == 0)
+    log, plot, save = due(config.log_every), due(config.plot_every), due(self.save_every)
+    if log or plot or save or stopping:
+      # The same steps on every host, so all stop together on a NaN; one read.
+      host_summary = self.step.runner.get(summary)
+      guards.check_finite(host_summary["nonfinite"], self.nan_hint,
+                          before_raise=self.ckpts.wait)
+      if log:
+        self.log(done, host_summary)
+        summary = self.step.summary
     host_state = functools.cache(lambda: self.step.runner.get(pstate))  # read once
-    if self.is_chief and due(config.plot_every):
-      self.check(summary)
+    if self.is_chief and plot:
       path = write_grids(self.writer, self.workdir, done, self.sampler, host_state(),
                          self.fixed_z, self.feed.real_images(host))
       logging.info("Grid: %s", path)
     if self.evaluator is not None and self._fid_due(done):
-      self.check(summary)
-      from dcgan_jax import evaluate  # noqa: PLC0415
-      evaluate.write_fid(self.writer, self.evaluator, done, self.sampler, host_state(),
-                         self.best, config)
-    # Hosts agree on stopping where they sync anyway (the logging steps).
-    stopping = self.stop.should_stop(sync=done % config.log_every == 0)
-    if due(self.save_every) or stopping:
-      self.check(summary)
+      self._fid(done, summary, host_state)
+    if save or stopping:
       self.save(done, host_state())
     return summary, stopping
 
   def _fid_due(self, done: int) -> bool:
-    """Whether FID is due; once a step is timed, plans it (``evaluate.plan_fid``)."""
+    """Whether FID is due; at the first log after compiling, plans it (``evaluate.plan_fid``).
+
+    The step time is the one that log measured (its read of the summary waits
+    for the devices), so it is the loop's.
+    """
     every = self.config.fid.eval_every
     if self.fid_every is None:
-      if done <= self.n0:  # the first call (compilation): nothing timed yet
+      if self.n_log <= self.n0:  # nothing timed yet
         return every > 0 and done % every == 0
       from dcgan_jax import evaluate  # noqa: PLC0415
-      secs_per_step = (time.perf_counter() - self.t0) / (done - self.n0)
+      secs_per_step = (self.t_log - self.t0) / (self.n_log - self.n0)
       self.fid_every = evaluate.plan_fid(self.config, self.evaluator, secs_per_step)
     return done % self.fid_every == 0
+
+  def _fid(self, done: int, summary, host_state) -> None:
+    """FID of the state at ``done`` (the chief's alone), unless its losses were not finite."""
+    from dcgan_jax import evaluate  # noqa: PLC0415
+    if int(self.step.runner.get(summary["nonfinite"]).step):
+      # Every host stops at the next log, grid or checkpoint, which checks.
+      logging.warning("FID at step %d skipped: a loss was not finite.", done)
+      return
+    evaluate.write_fid(self.writer, self.evaluator, done, self.sampler, host_state(),
+                       self.best, self.config)
 
   def save(self, done: int, host_state) -> None:
     # Never a checkpoint of a non-finite state: the last good one stays.

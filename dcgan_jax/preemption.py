@@ -30,6 +30,7 @@ def _exit(code: int) -> None:  # a seam for tests
 
 
 _early: list[int] = []  # signals caught by catch_early before a StopSignal took over
+_defaults: dict[int, object] = {}  # the handlers catch_early replaced
 
 
 def _catch(signum, frame):
@@ -43,7 +44,20 @@ def catch_early(signals=SIGNALS) -> None:
   """Records SIGTERM/SIGINT from now on until a ``StopSignal`` is installed."""
   if threading.current_thread() is threading.main_thread():
     for s in signals:
-      signal.signal(s, _catch)
+      _defaults.setdefault(s, signal.signal(s, _catch))
+
+
+def release_early() -> None:
+  """Puts back the handlers ``catch_early`` replaced, where no training takes over.
+
+  A signal it recorded is then delivered as it would have been (``--mode=eval``
+  and the other modes have nothing to save).
+  """
+  for s, handler in _defaults.items():
+    signal.signal(s, handler)
+  _defaults.clear()
+  while _early:
+    signal.raise_signal(_early.pop())
 
 
 class StopSignal:
@@ -87,7 +101,9 @@ class StopSignal:
     """
     if threading.current_thread() is threading.main_thread():
       for s in self._signals:
-        self._previous[s] = signal.signal(s, self._handle)
+        previous = signal.signal(s, self._handle)
+        # After training, a signal does what it did before catch_early.
+        self._previous[s] = _defaults.get(s, previous) if previous is _catch else previous
       if _early and self.received is None:
         self.received = _early.pop()
         logging.warning("Received %s during start-up: stopping before training (send it "

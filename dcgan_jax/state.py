@@ -63,11 +63,10 @@ def make_models(config, axis_name: str | None = None):
       (None: per-call statistics, also what initialisation and sampling use).
   """
   dtype = get_dtype(config.dtype)
-  impl = config.get("conv_impl", "auto")
+  impl = config.conv_impl
   return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme, impl),
           models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme, impl,
-                               config.get("d_spectral_norm", False),
-                               config.get("d_batch_norm", True)))
+                               config.d_spectral_norm, config.d_batch_norm))
 
 
 def create_train_state(config, rng) -> GANState:
@@ -90,7 +89,7 @@ def create_train_state(config, rng) -> GANState:
   def net(variables, lr):
     tx = optax.adam(lr, b1=config.beta1, b2=config.beta2)
     state = NetState.create(apply_fn=None, params=variables["params"], tx=tx,
-                            batch_stats=variables["batch_stats"])
+                            batch_stats=variables.get("batch_stats", {}))
     return state.replace(step=jnp.zeros((), jnp.int32))
 
   ema = None

@@ -106,9 +106,9 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     def d_loss(d_params):
       # Two passes, as the original: BatchNorm sees real and fake apart.
       logit_real, upd = run_d(d_params, d.batch_stats, seen(k_aug[0], real))
-      logit_fake, upd = run_d(d_params, upd["batch_stats"], seen(k_aug[1], fake))
+      logit_fake, upd = run_d(d_params, upd.get("batch_stats", {}), seen(k_aug[1], fake))
       return losses.d_loss(loss, logit_real, logit_fake), (
-          upd["batch_stats"], logit_real, logit_fake)
+          upd.get("batch_stats", {}), logit_real, logit_fake)
 
     (value, (d_stats, lr, lf)), grads = jax.value_and_grad(d_loss, has_aux=True)(d.params)
     d = d.apply_gradients(grads=mean(grads), batch_stats=d_stats)
@@ -121,7 +121,8 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     def g_loss(g_params):
       fake, g_upd = run_g(g_params, g.batch_stats, noise(k2))
       logit, d_upd = run_d(d.params, d.batch_stats, seen(k_aug[2], fake))
-      return losses.g_loss(loss, logit), (g_upd["batch_stats"], d_upd["batch_stats"], logit)
+      return losses.g_loss(loss, logit), (g_upd["batch_stats"], d_upd.get("batch_stats", {}),
+                                          logit)
 
     (value, (g_stats, d_stats, logit)), grads = jax.value_and_grad(
         g_loss, has_aux=True)(g.params)
@@ -149,6 +150,7 @@ def _real(batch, i, images):
 
 def _single(state, summary, batch, images, do_d: bool, do_g: bool, *, step_fn):
   """One iteration, ``do_d`` and ``do_g`` fixed (a straight-line program)."""
+  assert batch.shape[0] == 1, f"a call without a loop takes one batch, got {batch.shape[0]}"
   state, m = step_fn(state, _real(batch, 0, images), do_d, do_g)
   return state, summaries.accumulate(summary, state.step, m, do_d, do_g)
 
@@ -234,7 +236,9 @@ def make_step(config, *, loop: bool | None = None) -> Step:
                               nz=config.nz, ema_decay=config.ema_decay, loss=config.loss,
                               diffaugment=augment.parse(config.diffaugment))
   summary = runner.put_state(summaries.empty(config.loss))
-  if config.steps_per_call > 1 if loop is None else loop:
+  if loop is None:
+    loop = config.steps_per_call > 1
+  if loop:
     fn = runner.compile(functools.partial(
         _iterations, step_fn=step_fn, d_every=config.d_every, g_every=config.g_every,
         hide_trip_count=jax.default_backend() == "cpu"), _ROLES)
@@ -245,17 +249,11 @@ def make_step(config, *, loop: bool | None = None) -> Step:
               lambda step: (step % config.d_every == 0, step % config.g_every == 0))
 
 
-def num_train_steps(config, steps_per_epoch: int) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return config.num_epochs * steps_per_epoch
-
-
 def train_and_evaluate(config, workdir: str) -> GANState:
   """Trains the GAN described by ``config``, writing summaries to ``workdir``.
 
   Args:
-    config: an ml_collections ConfigDict (see configs/anime.py).
+    config: an ml_collections ConfigDict (every key: dcgan_jax/defaults.py).
     workdir: where TensorBoard events, sample grids and checkpoints go. A
       workdir holding checkpoints is resumed from the latest one; one already
       trained to the config's length is left as it is.
@@ -272,13 +270,14 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     if run.finished(start, periodic.known_length(saved, config)) or run.stopped_early(start):
       return state
     inp = input_pipeline.create_input(config, start_step=start)
-    total = num_train_steps(config, inp.steps_per_epoch)
+    total = config_lib.train_length(config, inp.steps_per_epoch)
     if run.finished(start, total):
       return state
     config_lib.check_call_boundaries(config, total,
                                      checkpoints.save_every_steps(config, inp.steps_per_epoch))
     step = make_step(config)
     feed = device_input.feed(config, inp, step.runner, start, total)
+    stack.callback(feed.close)
     run.start(inp, start, total, step, feed, saved["message"] if saved else "A new run.")
     if run.stopped_early(start):
       return state

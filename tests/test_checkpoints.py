@@ -210,7 +210,7 @@ def test_a_rerun_of_a_finished_run_reads_no_data_writes_nothing_and_says_so(
   _assert_bit_identical(again, first)
   # Counted in epochs, the checkpoint knows the steps per epoch.
   train.train_and_evaluate(epochs, str(tmp_path / "e"))
-  assert "Already trained to step 8 (num_train_steps=8)" in caplog.text
+  assert "Already trained to step 8 (num_epochs=1: 8 steps); raise num_train_steps" in caplog.text
   assert _files(tmp_path) == before
 
 

@@ -412,8 +412,8 @@ def test_fid_is_planned_within_a_tenth_of_the_time_or_the_log_says_why_not(caplo
   every = evaluate.plan_fid(config, _FakeEvaluator(), secs_per_step=0.5)
   # 200 s may be at most 10% of the training time: 2,000 s, 4,000 steps (a multiple of 50).
   assert every == 4000
-  assert ("FID: 2000 images at 10.0 img/s (the Inception here) take ~3.3 min per "
-          "evaluation, plus ~50 s once for 500 reference images; every 4000 steps of 0.5 s "
+  assert ("FID: 2000 images at 10.0 img/s (the Inception here) take ~3m20s per "
+          "evaluation, plus ~50s once for 500 reference images; every 4000 steps of 0.5 s "
           "that is 10% of the training time (fid.eval_every=-1).") in caplog.text
   config.fid.eval_every = 100  # 50 s of training per 200 s of FID
   caplog.clear()

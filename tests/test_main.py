@@ -130,3 +130,16 @@ def test_rerunning_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):
       "to train on."), out
   more = _subprocess_main(tmp_path, ["--config.num_train_steps=3"], _quiet_env())
   assert "Resumed from step 2 " in more and "Done: step 3" in more
+
+
+def test_a_signal_in_eval_or_generate_mode_acts_as_usual(monkeypatch):
+  import signal
+
+  from dcgan_jax import preemption
+  monkeypatch.setattr(preemption, "_defaults", {})
+  monkeypatch.setattr(preemption, "_early", [])
+  before = signal.getsignal(signal.SIGTERM)
+  preemption.catch_early()
+  assert signal.getsignal(signal.SIGTERM) is preemption._catch
+  preemption.release_early()  # what main.py does outside training
+  assert signal.getsignal(signal.SIGTERM) is before

@@ -142,3 +142,10 @@ def test_spectral_norm_is_a_model_key_restored_from_the_checkpoint(tmp_path):
   with pytest.raises(ValueError, match=r"d_spectral_norm=True \(config: False\)"):
     train.train_and_evaluate(tiny_config(num_train_steps=3, init_from=str(tmp_path / "sn")),
                              str(tmp_path / "other"))
+
+
+def test_d_without_any_normalisation_trains():
+  config = tiny_config(d_batch_norm=False, loss="hinge")
+  old, new, m = _one_call(config)
+  assert old.d.batch_stats == {} and new.d.batch_stats == {}
+  assert all(np.isfinite(v) for v in m.values()) and int(new.d.step) == 1

@@ -7,12 +7,14 @@ import os
 import struct
 import zlib
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
 
 from dcgan_jax import guards, input_pipeline, synthetic, train
+from dcgan_jax.state import create_train_state
 
 # Bad kinds: file name -> what its skip reason must say.
 BAD_REASONS = {
@@ -319,7 +321,7 @@ def test_nan_stops_training_naming_the_step_and_is_never_checkpointed(tmp_path, 
     train.train_and_evaluate(config, str(tmp_path))
   ckpts = checkpoints.Checkpoints(str(tmp_path / checkpoints.CHECKPOINT_DIR), read_only=True)
   assert ckpts.all_steps() == [2, 4]
-  template = train.create_train_state(config, train.jax.random.PRNGKey(0))
+  template = create_train_state(config, jax.random.PRNGKey(0))
   last = ckpts.restore(template)
   assert int(last.step) == 4 and guards.tree_is_finite(last)
   assert not os.path.exists(tmp_path / "samples")  # no grid drawn from NaN
@@ -369,7 +371,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(tmp_path, monkeyp
     os.remove(ckpt_dir / "filler")
     ckpts = checkpoints.Checkpoints(str(ckpt_dir))  # also clears the failed tmp folder
     assert ckpts.all_steps() == [2, 4]
-    template = train.create_train_state(config, train.jax.random.PRNGKey(0))
+    template = create_train_state(config, jax.random.PRNGKey(0))
     last = ckpts.restore(template)
     assert int(last.step) == 4 and guards.tree_is_finite(last)
     ckpts.close()
