@@ -88,6 +88,7 @@ def test_auto_is_the_cpu_forms_on_cpu_and_xla_elsewhere(monkeypatch):
     conv_ops.resolve("cudnn")
 
 
+@pytest.mark.slow  # both nets' gradients compiled twice: ~25 s (each form is tested above)
 def test_both_forms_give_the_same_nets_values_and_gradients():
   z = jax.random.normal(jax.random.key(0), (4, 100))
   x = jax.random.normal(jax.random.key(1), (4, 96, 96, 3))

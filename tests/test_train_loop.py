@@ -37,7 +37,7 @@ def at_log_steps(monkeypatch):
 
 @pytest.mark.parametrize("kind,on_device,per_call", [
     ("pmap", False, 1), ("pmap", True, 1), ("shard_map", False, 1), ("shard_map", True, 1),
-    ("pmap", False, 2)])
+    pytest.param("pmap", False, 2, marks=pytest.mark.slow)])
 def test_a_second_round_of_periodic_work_compiles_nothing_and_holds_nothing_more(
     tmp_path, at_log_steps, kind, on_device, per_call):
   # Logs every 2 steps, grids and checkpoints every 4: by the log at step 6 each
