@@ -17,7 +17,8 @@ periodic action has run once) to the last, over that time, periodic work
 included. Then, in the same process, it times the
 isolated step (``common.time_step``: the same config, a fixed batch already on
 the devices) for ``--step-steps`` steps. One ``key=value`` line each; the last
-line is ``loop_efficiency=<loop img/s / step img/s>``.
+line is ``loop_efficiency=<loop img/s / step img/s>`` (with ``--rounds R``, the
+loop and the step alternate R times and it is the median of their ratios).
 """
 
 import argparse
@@ -55,6 +56,9 @@ def _parse():
   ap.add_argument("--step-steps", type=int, default=20,
                   help="timed steps of the isolated step (0: skip it)")
   ap.add_argument("--step-warmup", type=int, default=2)
+  ap.add_argument("--rounds", type=int, default=1,
+                  help="loop and isolated step measured alternately this many times; the "
+                  "efficiency is their median ratio")
   return ap.parse_args()
 
 
@@ -169,24 +173,32 @@ def main():
         f"steps_per_call={config.get('steps_per_call', 1)} "
         f"steps={args.steps} log/plot/save every {config.log_every}/{config.plot_every}/"
         f"{config.save_every_steps}", flush=True)
-  r = measure(config, args.warmup_steps)
-  print(f"loop_wall_s={r['wall_s']:.1f} (start-up and compilation included)")
-  print(f"loop_steady_steps={r['steady'][0]}..{r['steady'][1]}")
-  print(f"loop_compiles_after_warmup={r['compiles_after_warmup']} (total {r['compiles']})")
-  print(f"loop_live_arrays={r['live'][0]}..{r['live'][1]} (at steps {r['steady'][0]} and "
-        f"{r['steady'][1]})")
-  for s in [int(x) for x in args.rss_at.split(",") if x]:
-    at = [row for row in r["rows"] if row["step"] >= s]
-    print(f"peak_rss_mb_at_step_{s}=" + (f"{at[0]['rss_mb']:.0f}" if at else "n/a"))
-  print(f"loop_imgs_per_s={r['imgs_per_s']:.2f}", flush=True)
-  if not args.step_steps:
-    return
-  k = config.get("steps_per_call", 1)
-  calls = max(1, args.step_steps // k)
-  s = common.time_step(config, calls, args.step_warmup)
-  print(f"step_imgs_per_s={s['imgs_per_s']:.2f} (isolated, {calls} calls of {k})")
-  print(f"loop_efficiency={r['imgs_per_s'] / s['imgs_per_s']:.3f}")
-
+  import statistics  # noqa: PLC0415
+  ratios = []
+  for i in range(args.rounds):
+    r = measure(config, args.warmup_steps)
+    tag = f" (round {i + 1} of {args.rounds})" if args.rounds > 1 else ""
+    print(f"loop_wall_s={r['wall_s']:.1f} (start-up and compilation included){tag}")
+    print(f"loop_steady_steps={r['steady'][0]}..{r['steady'][1]}")
+    print(f"loop_compiles_after_warmup={r['compiles_after_warmup']} (total {r['compiles']})")
+    print(f"loop_live_arrays={r['live'][0]}..{r['live'][1]} (at steps {r['steady'][0]} and "
+          f"{r['steady'][1]})")
+    for s in [int(x) for x in args.rss_at.split(",") if x]:
+      at = [row for row in r["rows"] if row["step"] >= s]
+      print(f"peak_rss_mb_at_step_{s}=" + (f"{at[0]['rss_mb']:.0f}" if at else "n/a"))
+    print(f"loop_imgs_per_s={r['imgs_per_s']:.2f}", flush=True)
+    if not args.step_steps:
+      continue
+    k = config.get("steps_per_call", 1)
+    calls = max(1, args.step_steps // k)
+    step = common.time_step(config, calls, args.step_warmup)
+    print(f"step_imgs_per_s={step['imgs_per_s']:.2f} (isolated, {calls} calls of {k})",
+          flush=True)
+    ratios.append(r["imgs_per_s"] / step["imgs_per_s"])
+  if ratios:
+    print(f"loop_efficiency={statistics.median(ratios):.3f}"
+          + (f" (median of {', '.join(f'{x:.3f}' for x in ratios)})" if len(ratios) > 1
+             else ""))
 
 if __name__ == "__main__":
   main()
