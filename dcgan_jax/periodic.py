@@ -163,6 +163,13 @@ class Run:
         cadence=f"log every {config.log_every}, grids every {config.plot_every}, "
                 f"checkpoints every {self.save_every}, {fid_when}"):
       logging.info("%s", line)
+    if config.steps_per_call > 1 and jax.default_backend() == "cpu":
+      # XLA:CPU runs a compiled loop body several times slower than the same
+      # body compiled straight (bench/README.md, "Training loop").
+      logging.warning("steps_per_call=%d on CPU: XLA:CPU runs the compiled loop of steps "
+                      "several times slower than one step per call; "
+                      "--config.steps_per_call=1 is faster here (K > 1 is for fast "
+                      "accelerators).", config.steps_per_call)
 
   def log(self, done: int, host_summary) -> None:
     """The log step: scalars to TensorBoard, one console line."""

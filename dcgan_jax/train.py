@@ -223,8 +223,8 @@ def make_step(config, *, loop: bool | None = None) -> Step:
     loop: run a call's iterations as one compiled loop (``lax.fori_loop``;
       default: when ``steps_per_call`` > 1). Without it a call is one
       iteration, compiled once per (do_d, do_g) it meets: a straight-line
-      program, which XLA:CPU runs about 10x faster than the same step inside a
-      loop (jax-ml/jax#12868; bench/README.md).
+      program, which XLA:CPU runs several times faster than the same step
+      inside a loop (bench/README.md, "Training loop").
 
   Returns:
     A ``Step``; its ``call`` compiles on first use.

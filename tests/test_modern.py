@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import load_config, tiny_config
 
 from dcgan_jax import augment, checkpoints, config_lib, input_pipeline, losses, models, train
 from dcgan_jax.state import create_train_state
@@ -149,3 +149,13 @@ def test_d_without_any_normalisation_trains():
   old, new, m = _one_call(config)
   assert old.d.batch_stats == {} and new.d.batch_stats == {}
   assert all(np.isfinite(v) for v in m.values()) and int(new.d.step) == 1
+
+
+def test_the_modern_config_is_the_original_with_the_study_s_switches():
+  original, modern = load_config("anime"), load_config("anime_modern")
+  config_lib.validate(modern, device_count=1)
+  changed = {k for k in original if original[k] != modern[k]}
+  assert changed == {"d_spectral_norm", "ema_decay"}, changed
+  assert (modern.d_spectral_norm, modern.d_batch_norm, modern.ema_decay) == (True, True, 0.999)
+  assert (modern.batch_size, modern.nz, modern.ngf, modern.ndf, modern.lr_g, modern.lr_d) == (
+      256, 100, 64, 64, 2e-4, 2e-4)
