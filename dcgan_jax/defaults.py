@@ -82,8 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   # statistics, used for grids and evaluation when on (0 = off; e.g. 0.999).
   c.ema_decay = 0.0
 
-  # A modern recipe on the same nets (all off here; configs/anime_modern.py
-  # turns on what bench/README.md's study measured to help):
+  # Switches beyond the original recipe (all off here; configs/anime_modern.py
+  # turns some on; bench/README.md has the study that measures them):
   c.loss = "bce"               # bce (the original's) | hinge (SN-GAN/BigGAN's)
   c.d_spectral_norm = False    # spectral normalisation of D's kernels (Miyato et al. 2018)
   c.d_batch_norm = True        # D's BatchNorm layers (False: none)
