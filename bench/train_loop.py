@@ -25,6 +25,7 @@ import argparse
 import gc
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -173,7 +174,6 @@ def main():
         f"steps_per_call={config.get('steps_per_call', 1)} "
         f"steps={args.steps} log/plot/save every {config.log_every}/{config.plot_every}/"
         f"{config.save_every_steps}", flush=True)
-  import statistics  # noqa: PLC0415
   ratios = []
   for i in range(args.rounds):
     r = measure(config, args.warmup_steps)

@@ -128,7 +128,8 @@ def test_rerunning_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):
   assert len(out) == 1 and out[0].endswith(
       "Already trained to step 2 (num_train_steps=2); raise num_train_steps or num_epochs "
       "to train on."), out
-  # Raising num_train_steps trains on: tests/test_checkpoints.py (init_from, resume).
+  # Raising num_train_steps on a finished run trains on: the first half of
+  # tests/test_checkpoints.py::test_resume_is_bit_identical_to_an_uninterrupted_run.
 
 
 def test_a_signal_in_eval_or_generate_mode_acts_as_usual(monkeypatch):
