@@ -63,7 +63,8 @@ def main():
   import jax  # noqa: PLC0415
 
   from bench import train_loop  # noqa: PLC0415
-  from dcgan_jax import evaluate  # noqa: PLC0415
+  from dcgan_jax import evaluate, fid  # noqa: PLC0415
+  from dcgan_jax.state import make_models  # noqa: PLC0415
 
   every = args.eval_every or args.steps
   if args.steps % every:
@@ -92,13 +93,17 @@ def main():
     if not os.path.exists(os.path.join(args.workdir, "fid_ref")):
       os.symlink(os.path.abspath(args.ref_cache), os.path.join(args.workdir, "fid_ref"))
   t = time.perf_counter()
+  if fid.resolve_weights(config) is None:
+    print("fid=skipped (no FID Inception weights)")
+    return
+  evaluator = generator = None  # one Inception (and reference) for every checkpoint
   for step in range(every, args.steps + 1, every):
     # One checkpoint at a time, through init_from as `main.py --mode=eval` takes it.
     config.init_from = os.path.join(args.workdir, "checkpoints", str(step))
-    scores = evaluate.evaluate(config, args.workdir)
-    if not scores:
-      print("fid=skipped (no FID Inception weights)")
-      break
+    state, cfg = evaluate.restore_state(config, args.workdir)
+    if evaluator is None:
+      evaluator, generator = fid.Evaluator.create(cfg, args.workdir), make_models(cfg)[0]
+    scores, _ = evaluate.score_state(evaluator, generator, state)
     for k, v in scores.items():
       print(f"{k}={v:.6g}" if step == args.steps else f"step{step}_{k}={v:.6g}")
   print(f"eval_s={time.perf_counter() - t:.1f}")
