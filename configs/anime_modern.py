@@ -10,12 +10,14 @@ Everything of configs/anime.py (the same G and D, Adam(2e-4, 0.5), batch 256,
   BatchNorm layers;
 * an EMA of G (0.999) for the grids, generate and eval.
 
-This is the one combination the study has measured at 1,500 steps of batch 64,
-and it does not beat the original there yet (FID 316 with its EMA against the
-original's 302-309); it is the starting point of the study's next round. The
-hinge loss and DiffAugment (``loss='hinge'``, ``diffaugment=
-'color,translation,cutout'``) are switches too; at 500 steps each alone made
-FID worse, so they are off here. The numbers and commands are in
+Of the three combinations the study has measured at 1,500 steps of batch 64,
+this one scores best by FID (316.0 with its EMA; spectral norm without D's
+BatchNorm 363.5; G at 4e-4 with D at 1e-4 317.7), but none beats the original
+there yet (302.0 without EMA, 308.7 with); it is the starting point of the
+study's next round. D keeps its BatchNorm because dropping it under spectral
+norm measured worse. The hinge loss and DiffAugment (``loss='hinge'``,
+``diffaugment='color,translation,cutout'``) are switches too; at 500 steps each
+alone made FID worse, so they are off here. The numbers and commands are in
 bench/README.md ("Sample quality: the modern recipe").
 """
 
