@@ -10,15 +10,13 @@ Everything of configs/anime.py (the same G and D, Adam(2e-4, 0.5), batch 256,
   BatchNorm layers;
 * an EMA of G (0.999) for the grids, generate and eval.
 
-Of the three combinations the study has measured at 1,500 steps of batch 64,
-this one scores best by FID (316.0 with its EMA; spectral norm without D's
-BatchNorm 363.5; G at 4e-4 with D at 1e-4 317.7), but none beats the original
-there yet (302.0 without EMA, 308.7 with); it is the starting point of the
-study's next round. D keeps its BatchNorm because dropping it under spectral
-norm measured worse. The hinge loss and DiffAugment (``loss='hinge'``,
-``diffaugment='color,translation,cutout'``) are switches too; at 500 steps each
-alone made FID worse, so they are off here. The numbers and commands are in
-bench/README.md ("Sample quality: the modern recipe").
+Of the combinations the study has measured at 1,500 steps of batch 64, this one
+scores best by FID, but none beats the original there yet; it is the starting
+point of the study's next round, not a better recipe. D keeps its BatchNorm
+because dropping it under spectral norm measured worse. The hinge loss, DiffAugment
+and the two learning rates (``loss``, ``diffaugment``, ``lr_g`` / ``lr_d``) are
+switches too; each measured worse, so they are left as the original has them.
+The numbers and commands are in bench/README.md ("Sample quality: the modern recipe").
 """
 
 import os
