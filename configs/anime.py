@@ -24,10 +24,11 @@ def get_config():
   c.gen_num = 64
   # The switches of the modern recipe (configs/anime_modern.py), all off: the
   # original's loss, D with BatchNorm and without spectral norm, no augmentation,
-  # no EMA of G.
+  # no EMA of G, sampling with the running BatchNorm averages.
   c.loss = "bce"
   c.d_spectral_norm = False
   c.d_batch_norm = True
   c.diffaugment = ""
   c.ema_decay = 0.0
+  c.standing_stats = 0         # sample with the running BatchNorm averages
   return c

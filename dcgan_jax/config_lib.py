@@ -95,6 +95,8 @@ RULES: dict[str, tuple[Callable, str]] = {
     "diffaugment": (_parses(augment.parse), "'' or a comma-separated subset of "
                     + ", ".join(augment.POLICIES)),
     "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
+    "standing_stats": ((lambda v: v >= 0),
+                       "an integer >= 0 (noise draws; 0: the running averages)"),
 }
 
 

@@ -81,6 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Generator EMA: an exponential moving average of G's params and BatchNorm
   # statistics, used for grids and evaluation when on (0 = off; e.g. 0.999).
   c.ema_decay = 0.0
+  # Sampling (grids, generate, interpolate, FID/KID): recompute G's BatchNorm
+  # statistics for the very parameters sampled from this many noise draws
+  # (BigGAN's "standing statistics"; sampling.standing_stats); 0: use the
+  # running averages training kept.
+  c.standing_stats = 0
 
   # Switches beyond the original recipe (all off here; configs/anime_modern.py
   # turns some on; bench/README.md has the study that measures them):

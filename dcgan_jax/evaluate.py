@@ -22,7 +22,7 @@ import time
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoints, console, fid
+from dcgan_jax import checkpoints, console, fid, sampling
 from dcgan_jax.state import GANState, make_models, sampling_variables
 
 
@@ -38,7 +38,8 @@ def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
     runs.append(("_no_ema", state.g.variables))
   scores, samples = {}, {}
   for tag, variables in runs:
-    m, images = evaluator.score_generator(generator, variables)
+    m, images = evaluator.score_generator(
+        generator, sampling.prepare(generator, variables, evaluator.config))
     scores.update({k + tag: v for k, v in m.items()})
     samples[tag] = images
   return scores, samples

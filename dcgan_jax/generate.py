@@ -56,6 +56,7 @@ def load_models(config, workdir: str) -> Models:
     # The EMA generator when the run kept one.
     g_vars, d_vars = sampling_variables(state), state.d.variables
   generator, discriminator = make_models(cfg)
+  g_vars = sampling.prepare(generator, g_vars, config)
   return Models(generator, g_vars, discriminator, d_vars, cfg.nz, source)
 
 

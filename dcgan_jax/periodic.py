@@ -45,9 +45,11 @@ def released(resource):
   resource.close()
 
 
-def write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real) -> str:
+def write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real,
+                config) -> str:
   """Sample grid from the fixed noise and a grid of real images: TB + PNG; its path."""
-  fake = sampling.sample(generator, sampling_variables(state), fixed_z)
+  variables = sampling.prepare(generator, sampling_variables(state), config)
+  fake = sampling.sample(generator, variables, fixed_z)
   grids = {"samples": sampling.make_grid(fake), "real": sampling.make_grid(real)}
   writer.write_images(step, {k: v[None] for k, v in grids.items()})
   for name, grid in grids.items():
@@ -207,7 +209,7 @@ class Run:
     host_state = functools.cache(lambda: self.step.runner.get(pstate))  # read once
     if self.is_chief and plot:
       path = write_grids(self.writer, self.workdir, done, self.sampler, host_state(),
-                         self.fixed_z, self.feed.real_images(host))
+                         self.fixed_z, self.feed.real_images(host), self.config)
       logging.info("Grid: %s", path)
     if self.evaluator is not None and self._fid_due(done):
       self._fid(done, summary, host_state)

@@ -2,6 +2,8 @@
 
 One sampling path (``sample``: G in inference mode, BatchNorm running
 averages) serves the training-time grids, generate and evaluation.
+``standing_stats`` can first replace those averages by BigGAN's "standing
+statistics" of the very parameters sampled (``config.standing_stats``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import functools
 import math
 import os
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -18,6 +22,72 @@ import numpy as np
 def sample(generator, variables, z):
   """G(z) in inference mode: (B, nz) noise -> (B, 96, 96, 3) in [-1, 1]."""
   return generator.apply(variables, z, train=False)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_stats_of(generator, variables, z) -> dict:
+  """G(z) in training mode: the batch mean and (biased) variance each BatchNorm
+  normalises with, as a ``batch_stats`` tree."""
+  stats: dict = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.BatchNorm) and context.method_name == "__call__":
+      x = jnp.asarray(args[0], jnp.float32)
+      x = x.reshape(-1, x.shape[-1])
+      mean = x.mean(0)
+      node = stats
+      for name in context.module.path[:-1]:
+        node = node.setdefault(name, {})
+      node[context.module.path[-1]] = {"mean": mean, "var": (x * x).mean(0) - mean * mean}
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    generator.apply(variables, z, train=True, mutable=["batch_stats"])
+  return stats
+
+
+def standing_stats(generator, variables, rng, num: int, batch: int = 256) -> dict:
+  """G's ``variables`` with BatchNorm statistics recomputed for its parameters.
+
+  BigGAN's "standing statistics" (Brock et al. 2019, section 4): G runs in
+  training mode on ``num`` noise draws, ``batch`` at a time, and each
+  BatchNorm's running mean and variance become the averages of the batch
+  statistics it normalised with. The running averages training keeps lag
+  behind the parameters, and an EMA of G averages statistics of parameters
+  other than its own; these are the statistics of the parameters sampled.
+
+  Args:
+    generator: the G module.
+    variables: its {'params', 'batch_stats'}.
+    rng: PRNGKey for the noise.
+    num: noise draws, rounded down to whole batches (at least one).
+    batch: draws per training-mode pass (``num`` when smaller).
+
+  Returns:
+    {'params': the same params, 'batch_stats': the standing statistics}.
+  """
+  batch = min(batch, num)
+  total = None
+  for i in range(num // batch):
+    z = jax.random.normal(jax.random.fold_in(rng, i), (batch, generator.nz))
+    s = _batch_stats_of(generator, variables, z)
+    total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
+  n = num // batch
+  return {"params": variables["params"],
+          "batch_stats": jax.tree_util.tree_map(lambda t: t / n, total)}
+
+
+def prepare(generator, variables, config) -> dict:
+  """G's ``variables`` as every sampling path uses them (``config.standing_stats``).
+
+  With ``standing_stats`` > 0 their BatchNorm statistics are replaced by the
+  standing statistics of that many noise draws (always the same draws, so the
+  same variables give the same samples); with 0 they are returned as they are.
+  """
+  if config.standing_stats <= 0:
+    return variables
+  return standing_stats(generator, variables, jax.random.PRNGKey(config.seed + 3),
+                        config.standing_stats)
 
 
 def to_uint8(images) -> np.ndarray:

@@ -62,6 +62,7 @@ def test_the_library_does_not_depend_on_the_configs_folder():
     ("init_scheme", "xavier", r"config.init_scheme='xavier': must be one of 'pytorch', 'dcgan'"),
     ("parallel", "pjit", r"config.parallel='pjit': must be one of 'pmap', 'shard_map'"),
     ("ema_decay", 1.5, r"config.ema_decay=1.5: must be a number in \[0, 1\)"),
+    ("standing_stats", -1, r"config.standing_stats=-1: must be an integer >= 0 \(noise draws"),
     ("conv_impl", "cudnn", r"config.conv_impl='cudnn': must be one of 'auto', 'cpu', 'xla'"),
     ("steps_per_call", 0, r"config.steps_per_call=0: must be an integer >= 1"),
 ])

@@ -8,7 +8,7 @@ import pytest
 import ts_archive
 from conftest import tiny_config
 
-from dcgan_jax import fid, inception, synthetic, torch_archive
+from dcgan_jax import fid, inception, sampling, synthetic, torch_archive
 
 # Every network test runs batches of 4 images: one compilation of the net.
 BATCH = 4
@@ -361,6 +361,27 @@ def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_
   g = make_models(config)[0]
   np.testing.assert_array_equal(
       raw, fid.generate_images(g, state.g.variables, BATCH, config.nz, seed=config.seed + 2))
+
+
+@pytest.mark.slow
+def test_evaluate_samples_with_standing_statistics(tmp_path, stand_in_weights):
+  from dcgan_jax import evaluate
+  from dcgan_jax.state import create_train_state, make_models
+  config = _eval_config(stand_in_weights, ema_decay=0.99)
+  config.fid.save_samples = True
+  state = create_train_state(config, jax.random.PRNGKey(0))
+  state = state.replace(ema=jax.tree_util.tree_map(lambda x: x * 0.5, state.ema))
+  evaluate.evaluate(config, str(tmp_path), state)
+  ema = np.load(tmp_path / "samples.npy")
+  # With standing statistics, G and its EMA are both sampled with them (sampling.prepare).
+  config.standing_stats = 8
+  evaluate.evaluate(config, str(tmp_path), state)
+  g = make_models(config)[0]
+  standing = sampling.standing_stats(g, state.g.variables, jax.random.PRNGKey(config.seed + 3), 8)
+  np.testing.assert_array_equal(
+      np.load(tmp_path / "samples_no_ema.npy"),
+      fid.generate_images(g, standing, BATCH, config.nz, seed=config.seed + 2))
+  assert np.abs(np.load(tmp_path / "samples.npy").astype(int) - ema).max() > 0
 
 
 @pytest.mark.slow

@@ -124,3 +124,47 @@ def test_main_generate_mode(tmp_path):
   assert "Kept 9 of 12 samples" in r.stderr
   # The model sizes come from the checkpoint (8-wide nets), not configs/demo.py (32).
   assert np.asarray(Image.open(tmp_path / "best.png")).shape == (2 + 3 * 98, 2 + 3 * 98, 3)
+
+
+def test_standing_stats_are_the_batch_statistics_the_generator_normalises_with():
+  config, g, g_vars, _, _ = _models()
+  key = jax.random.PRNGKey(7)
+  standing = sampling.standing_stats(g, g_vars, key, num=24, batch=8)
+  assert jax.tree_util.tree_structure(standing) == jax.tree_util.tree_structure(g_vars)
+  np.testing.assert_array_equal(standing["params"]["convt4"]["kernel"],
+                                g_vars["params"]["convt4"]["kernel"])
+  # Flax's own running averages, started from zero, hold 0.1 x the batch
+  # statistics (momentum 0.9) after one training-mode pass: the mean over the
+  # three batches is the standing statistics.
+  zero = {"params": g_vars["params"],
+          "batch_stats": jax.tree_util.tree_map(np.zeros_like, g_vars["batch_stats"])}
+  per_batch = [g.apply(zero, jax.random.normal(jax.random.fold_in(key, i), (8, config.nz)),
+                       train=True, mutable=["batch_stats"])[1]["batch_stats"] for i in range(3)]
+  want = jax.tree_util.tree_map(lambda *b: 10 * sum(b) / 3, *per_batch)
+  assert set(want) == {"bn0", "bn1", "bn2", "bn3"}
+  for name, stats in want.items():
+    for k in ("mean", "var"):
+      np.testing.assert_allclose(standing["batch_stats"][name][k], stats[k],
+                                 rtol=1e-4, atol=1e-6)
+  # They are not the running averages training left (here, init's 0 and 1).
+  assert np.abs(standing["batch_stats"]["bn3"]["var"] - 1).max() > 0.1
+  # Inference with the standing statistics of one batch of noise is training
+  # mode on that batch (to float rounding, which the 3e4-scaled last layer
+  # magnifies), unlike inference with the running averages.
+  z = jax.random.normal(jax.random.fold_in(key, 0), (8, config.nz))
+  one = sampling.standing_stats(g, g_vars, key, num=8, batch=8)
+  trained = g.apply(g_vars, z, train=True, mutable=["batch_stats"])[0]
+  np.testing.assert_allclose(sampling.sample(g, one, z), trained, atol=1e-2)
+  assert np.abs(sampling.sample(g, g_vars, z) - trained).max() > 0.5
+
+
+@pytest.mark.slow
+def test_standing_stats_switch_reaches_generate(tmp_path):
+  config = _gen_config()
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  plain = np.asarray(Image.open(generate.run(config, str(tmp_path / "run"), "generate")))
+  config.standing_stats = 16
+  standing = np.asarray(Image.open(generate.run(config, str(tmp_path / "run"), "generate")))
+  assert plain.shape == standing.shape and np.abs(plain.astype(int) - standing).max() > 8
+  _, g, g_vars, _, _ = _models()
+  assert sampling.prepare(g, g_vars, _gen_config()) is g_vars  # 0: as they are
