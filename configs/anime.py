@@ -30,5 +30,5 @@ def get_config():
   c.d_batch_norm = True
   c.diffaugment = ""
   c.ema_decay = 0.0
-  c.standing_stats = 0         # sample with the running BatchNorm averages
+  c.standing_stats = 0
   return c

@@ -67,14 +67,12 @@ def standing_stats(generator, variables, rng, num: int, batch: int = 256) -> dic
     {'params': the same params, 'batch_stats': the standing statistics}.
   """
   batch = min(batch, num)
-  total = None
-  for i in range(num // batch):
-    z = jax.random.normal(jax.random.fold_in(rng, i), (batch, generator.nz))
-    s = _batch_stats_of(generator, variables, z)
-    total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
-  n = num // batch
+  per_batch = [
+      _batch_stats_of(generator, variables,
+                      jax.random.normal(jax.random.fold_in(rng, i), (batch, generator.nz)))
+      for i in range(num // batch)]
   return {"params": variables["params"],
-          "batch_stats": jax.tree_util.tree_map(lambda t: t / n, total)}
+          "batch_stats": jax.tree_util.tree_map(lambda *s: sum(s) / len(s), *per_batch)}
 
 
 def prepare(generator, variables, config) -> dict:
