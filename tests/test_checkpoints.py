@@ -131,6 +131,7 @@ def _run_main(workdir, extra, env):
   return r.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_the_rerun_resumes(tmp_path, jax_cache_env):
   log = tmp_path / "log"
   proc = _start_main(tmp_path, ["--config.num_train_steps=100000"], log, jax_cache_env)
@@ -170,6 +171,7 @@ _HANG_IN_SECOND_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, jax_cache_env):
   workdir, log = tmp_path / "w", tmp_path / "log"
   args = ["--config.num_train_steps=4", "--config.save_every_steps=2"]

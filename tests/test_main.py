@@ -61,6 +61,7 @@ def _subprocess_main(workdir, extra, env=None):
   return r.stderr
 
 
+@pytest.mark.slow
 def test_trains_on_8_forced_host_devices(tmp_path):
   log = _subprocess_main(tmp_path, ["--config.num_train_steps=2", "--config.batch_size=16"],
                          dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))

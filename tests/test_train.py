@@ -85,7 +85,8 @@ def test_step_is_deterministic():
   assert _max_abs_diff(a, b) == 0
 
 
-@pytest.mark.parametrize("g_every", [1, 1000])  # 1000: G at step 0 only, a traced cond
+@pytest.mark.parametrize(  # 1000: G at step 0 only, a traced cond
+    "g_every", [1, pytest.param(1000, marks=pytest.mark.slow)])
 def test_k_steps_per_call_are_bit_identical_to_one_per_call(g_every):
   state, single, _ = _setup(g_every=g_every)
   looped = train.make_step(tiny_config(g_every=g_every), loop=True)
