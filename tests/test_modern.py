@@ -155,7 +155,9 @@ def test_the_modern_config_is_the_original_with_the_study_s_switches():
   original, modern = load_config("anime"), load_config("anime_modern")
   config_lib.validate(modern, device_count=1)
   changed = {k for k in original if original[k] != modern[k]}
-  assert changed == {"d_spectral_norm", "ema_decay"}, changed
-  assert (modern.d_spectral_norm, modern.d_batch_norm, modern.ema_decay) == (True, True, 0.999)
-  assert (modern.batch_size, modern.nz, modern.ngf, modern.ndf, modern.lr_g, modern.lr_d) == (
-      256, 100, 64, 64, 2e-4, 2e-4)
+  assert changed == {"loss", "d_spectral_norm", "beta1", "beta2", "lr_d", "lr_g",
+                     "ema_decay", "standing_stats"}, changed
+  assert (modern.loss, modern.d_spectral_norm, modern.d_batch_norm) == ("hinge", True, True)
+  assert (modern.beta1, modern.beta2, modern.lr_d, modern.lr_g) == (0.0, 0.9, 4e-4, 1e-4)
+  assert (modern.ema_decay, modern.standing_stats) == (0.999, 4096)
+  assert (modern.batch_size, modern.nz, modern.ngf, modern.ndf) == (256, 100, 64, 64)
