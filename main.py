@@ -54,10 +54,10 @@ def main(argv):
     return
   preemption.release_early()  # nothing to save: signals act as usual
   if FLAGS.mode == "eval":
-    from dcgan_jax import evaluate  # noqa: PLC0415
+    from dcgan_jax.metrics import evaluate  # noqa: PLC0415
     evaluate.main(FLAGS.config, FLAGS.workdir)
   else:
-    from dcgan_jax import generate  # noqa: PLC0415
+    from dcgan_jax.samples import generate  # noqa: PLC0415
     generate.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

@@ -22,7 +22,8 @@ def run(dtype: str, args):
   import numpy as np  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import input_pipeline, summaries  # noqa: PLC0415
+  from dcgan_jax import summaries  # noqa: PLC0415
+  from dcgan_jax.data import input_pipeline
 
   config = common.get_config("demo", dtype=dtype, ngf=args.width, ndf=args.width,
                              batch_size=args.batch)

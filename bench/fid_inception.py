@@ -37,7 +37,7 @@ def reference_conv_bn(p, x, stride, padding):
   is the form the project runs; edit it to try another)."""
   from jax import lax  # noqa: PLC0415
 
-  from dcgan_jax import inception  # noqa: PLC0415
+  from dcgan_jax.metrics import inception  # noqa: PLC0415
   y = lax.conv_general_dilated(x, p["kernel"], (stride,) * 2,
                                [(padding[0],) * 2, (padding[1],) * 2],
                                dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -60,7 +60,8 @@ def main():
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from dcgan_jax import inception, synthetic  # noqa: PLC0415
+  from dcgan_jax.data import synthetic  # noqa: PLC0415
+  from dcgan_jax.metrics import inception
 
   params = inception.init_params(0)
   faces = synthetic.make_faces(args.batch, 96, seed=7)

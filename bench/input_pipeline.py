@@ -35,7 +35,8 @@ def main():
   import jax  # noqa: PLC0415
 
   from bench import common  # noqa: PLC0415
-  from dcgan_jax import device_input, input_pipeline, parallel  # noqa: PLC0415
+  from dcgan_jax import parallel  # noqa: PLC0415
+  from dcgan_jax.data import device_input, input_pipeline
 
   for path in args.paths.split(","):
     config = common.get_config("anime", batch_size=args.batch)

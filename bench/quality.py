@@ -63,7 +63,7 @@ def main():
   import jax  # noqa: PLC0415
 
   from bench import train_loop  # noqa: PLC0415
-  from dcgan_jax import evaluate, fid  # noqa: PLC0415
+  from dcgan_jax.metrics import evaluate, fid  # noqa: PLC0415
   from dcgan_jax.state import make_models  # noqa: PLC0415
 
   every = args.eval_every or args.steps

@@ -25,12 +25,12 @@ from dcgan_jax import (
   console,
   conv_ops,
   guards,
-  input_pipeline,
   parallel,
   preemption,
-  sampling,
   summaries,
 )
+from dcgan_jax.data import input_pipeline
+from dcgan_jax.samples import sampling
 from dcgan_jax.state import make_models, sampling_variables
 
 
@@ -99,7 +99,7 @@ class Run:
 
   @staticmethod
   def _fid_budget() -> float:
-    from dcgan_jax import evaluate  # noqa: PLC0415
+    from dcgan_jax.metrics import evaluate  # noqa: PLC0415
     return evaluate.FID_BUDGET
 
   def finished(self, start: int, total: int | None) -> bool:
@@ -143,7 +143,7 @@ class Run:
                                      (config.num_plot, config.nz))
     self.evaluator = self.best = self.fid_every = None
     if self.is_chief and config.fid.eval_every != 0:
-      from dcgan_jax import evaluate, fid  # noqa: PLC0415
+      from dcgan_jax.metrics import evaluate, fid  # noqa: PLC0415
       self.evaluator = fid.Evaluator.create(config, self.workdir)
       # Orbax saves are collective: with several hosts only the chief knows the
       # FID, so the best checkpoint is kept in single-process runs only.
@@ -227,14 +227,14 @@ class Run:
     if self.fid_every is None:
       if self.n_log <= self.n0:  # nothing timed yet
         return every > 0 and done % every == 0
-      from dcgan_jax import evaluate  # noqa: PLC0415
+      from dcgan_jax.metrics import evaluate  # noqa: PLC0415
       secs_per_step = (self.t_log - self.t0) / (self.n_log - self.n0)
       self.fid_every = evaluate.plan_fid(self.config, self.evaluator, secs_per_step)
     return done % self.fid_every == 0
 
   def _fid(self, done: int, summary, host_state) -> None:
     """FID of the state at ``done`` (the chief's alone), unless its losses were not finite."""
-    from dcgan_jax import evaluate  # noqa: PLC0415
+    from dcgan_jax.metrics import evaluate  # noqa: PLC0415
     if int(self.step.runner.get(summary["nonfinite"]).step):
       # Every host stops at the next log, grid or checkpoint, which checks.
       logging.warning("FID at step %d skipped: a loss was not finite.", done)

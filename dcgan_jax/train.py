@@ -28,17 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dcgan_jax import (
-  augment,
-  checkpoints,
-  config_lib,
-  device_input,
-  input_pipeline,
-  losses,
-  parallel,
-  periodic,
-  summaries,
-)
+from dcgan_jax import augment, checkpoints, config_lib, losses, parallel, periodic, summaries
+from dcgan_jax.data import device_input, input_pipeline
 from dcgan_jax.state import GANState, create_train_state, make_models, update_ema
 
 

@@ -21,7 +21,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from conftest import tiny_config  # noqa: E402
 
-from dcgan_jax import input_pipeline, parallel, train  # noqa: E402
+from dcgan_jax import parallel, train  # noqa: E402
+from dcgan_jax.data import input_pipeline
 from dcgan_jax.state import create_train_state  # noqa: E402
 
 

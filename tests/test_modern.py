@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import load_config, tiny_config
 
-from dcgan_jax import augment, checkpoints, config_lib, input_pipeline, losses, models, train
+from dcgan_jax import augment, checkpoints, config_lib, losses, models, train
+from dcgan_jax.data import input_pipeline
 from dcgan_jax.state import create_train_state
 
 
@@ -128,7 +129,7 @@ def test_diffaugment_changes_what_d_learns_from():
 
 
 def test_spectral_norm_is_a_model_key_restored_from_the_checkpoint(tmp_path):
-  from dcgan_jax import generate
+  from dcgan_jax.samples import generate
   config = tiny_config(d_spectral_norm=True, d_batch_norm=False, loss="hinge",
                        num_train_steps=2)
   trained = train.train_and_evaluate(config, str(tmp_path / "sn"))

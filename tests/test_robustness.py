@@ -13,7 +13,8 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from dcgan_jax import guards, input_pipeline, synthetic, train
+from dcgan_jax import guards, train
+from dcgan_jax.data import input_pipeline, synthetic
 from dcgan_jax.state import create_train_state
 
 # Bad kinds: file name -> what its skip reason must say.

@@ -8,7 +8,9 @@ import pytest
 from conftest import ROOT, tiny_config
 from PIL import Image
 
-from dcgan_jax import generate, sampling, torch_archive, torch_import, train
+from dcgan_jax import train
+from dcgan_jax.pytorch import archive, original
+from dcgan_jax.samples import generate, sampling
 from dcgan_jax.state import create_train_state, make_models
 
 
@@ -98,10 +100,10 @@ def test_generate_and_interpolate_from_a_checkpoint_and_from_torch_files(tmp_pat
   assert interp.shape == (2 + 3 * 98, 2 + 5 * 98, 3)
 
   # The same nets as the original's state dicts: the same faces, in the same order.
-  for net, layers in (("g", torch_import.G_LAYERS), ("d", torch_import.D_LAYERS)):
+  for net, layers in (("g", original.G_LAYERS), ("d", original.D_LAYERS)):
     variables = getattr(state, net).variables
-    torch_archive.save_state_dict(str(tmp_path / f"net{net}.pth"),
-                                  torch_import.to_torch_state_dict(variables, layers))
+    archive.save_state_dict(str(tmp_path / f"net{net}.pth"),
+                                  original.to_torch_state_dict(variables, layers))
   torch_config = _gen_config(torch_netg=str(tmp_path / "netg.pth"),
                              torch_netd=str(tmp_path / "netd.pth"))
   torch_grid = np.asarray(Image.open(generate.run(torch_config, str(tmp_path / "t"), "generate")))

@@ -1,6 +1,6 @@
 """The original's state dicts -> our models, checked against independent references.
 
-Without torch: a hand-written archive (torch_archive.save_state_dict) of random
+Without torch: a hand-written archive (archive.save_state_dict) of random
 weights in the original's layout, and a numpy reference of the original's
 layers computed straight from the torch-layout arrays (NCHW, torch's
 conv_transpose2d / conv2d definitions). With torch installed: the original's
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax import models, torch_archive, torch_import
+from dcgan_jax import models
+from dcgan_jax.pytorch import archive, original
 
 NZ, NGF, NDF = 6, 2, 2
 
@@ -102,10 +103,10 @@ def _ours(g_vars, d_vars, z, x_nchw):
 
 def test_hand_made_archives_load_and_match_a_numpy_reference(tmp_path):
   g_sd, d_sd = _random_state_dicts()
-  torch_archive.save_state_dict(str(tmp_path / "netg_199.pth"), g_sd)
-  torch_archive.save_state_dict(str(tmp_path / "netd_199.pth"), d_sd)
-  g_vars, nz, ngf = torch_import.load_netg(str(tmp_path / "netg_199.pth"))
-  d_vars, ndf = torch_import.load_netd(str(tmp_path / "netd_199.pth"))
+  archive.save_state_dict(str(tmp_path / "netg_199.pth"), g_sd)
+  archive.save_state_dict(str(tmp_path / "netd_199.pth"), d_sd)
+  g_vars, nz, ngf = original.load_netg(str(tmp_path / "netg_199.pth"))
+  d_vars, ndf = original.load_netd(str(tmp_path / "netd_199.pth"))
   assert (nz, ngf, ndf) == (NZ, NGF, NDF)
 
   rng = np.random.default_rng(1)
@@ -125,9 +126,9 @@ def test_keys_without_main_or_with_module_prefix_and_round_trip():
   g_sd, d_sd = _random_state_dicts(2)
   bare = {k.removeprefix("main."): v for k, v in g_sd.items()}
   dp = {"module." + k: v for k, v in d_sd.items()}
-  g_vars, _, _ = torch_import.netg_variables(bare)
-  d_vars, _ = torch_import.netd_variables(dp)
-  back = torch_import.to_torch_state_dict(g_vars, torch_import.G_LAYERS)
+  g_vars, _, _ = original.netg_variables(bare)
+  d_vars, _ = original.netd_variables(dp)
+  back = original.to_torch_state_dict(g_vars, original.G_LAYERS)
   assert set(back) == set(g_sd)
   for k, v in g_sd.items():
     if not k.endswith("num_batches_tracked"):
@@ -138,11 +139,11 @@ def test_keys_without_main_or_with_module_prefix_and_round_trip():
 def test_wrong_state_dicts_are_named():
   g_sd, d_sd = _random_state_dicts()
   with pytest.raises(ValueError, match=r"netg.*missing '4.running_var'"):
-    torch_import.netg_variables({k: v for k, v in g_sd.items() if "4.running_var" not in k})
+    original.netg_variables({k: v for k, v in g_sd.items() if "4.running_var" not in k})
   with pytest.raises(ValueError, match=r"unexpected keys \['11.bias'\]"):
-    torch_import.netd_variables({**d_sd, "main.11.bias": np.zeros(1, np.float32)})
+    original.netd_variables({**d_sd, "main.11.bias": np.zeros(1, np.float32)})
   with pytest.raises(ValueError, match="expected a state dict"):
-    torch_import.netg_variables([1, 2])
+    original.netg_variables([1, 2])
 
 
 def _torch_nets(torch, nz, ngf, ndf):
@@ -197,8 +198,8 @@ def test_torch_saved_nets_give_the_same_outputs(tmp_path):
   netd.eval()
   torch.save(netg.state_dict(), tmp_path / "netg.pth")
   torch.save(netd.state_dict(), tmp_path / "netd.pth")
-  g_vars, _, _ = torch_import.load_netg(str(tmp_path / "netg.pth"))
-  d_vars, _ = torch_import.load_netd(str(tmp_path / "netd.pth"))
+  g_vars, _, _ = original.load_netg(str(tmp_path / "netg.pth"))
+  d_vars, _ = original.load_netd(str(tmp_path / "netd.pth"))
 
   z = np.random.default_rng(3).normal(size=(4, NZ)).astype(np.float32)
   with torch.no_grad():

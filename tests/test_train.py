@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import COMPILATIONS, tiny_config
 
-from dcgan_jax import input_pipeline, summaries, train
+from dcgan_jax import summaries, train
+from dcgan_jax.data import input_pipeline
 from dcgan_jax.state import create_train_state
 
 D_NAMES, G_NAMES = {"loss_d", "d_real", "d_fake"}, {"loss_g", "d_fake_g"}

@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 
-from dcgan_jax import torch_archive as ta
+from dcgan_jax.pytorch import archive as ta
 
 
 class Module:

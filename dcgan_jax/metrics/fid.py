@@ -31,7 +31,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from dcgan_jax import inception, sampling
+from dcgan_jax.metrics import inception
+from dcgan_jax.samples import sampling
 
 CACHE_VERSION = 1  # bump when features change (resize, network)
 
@@ -156,7 +157,7 @@ def reference_key(config, num: int) -> tuple[str, int, int] | None:
 
   None for TFDS datasets (their size is known once loaded).
   """
-  from dcgan_jax import input_pipeline  # noqa: PLC0415
+  from dcgan_jax.data import input_pipeline  # noqa: PLC0415
   dataset = config.dataset
   if dataset == "synthetic":
     total = config.synthetic_size
@@ -178,11 +179,11 @@ def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
     (uint8 (n, S, S, 3) images, a dataset identity for the cache key, total
     images in the dataset).
   """
-  from dcgan_jax import input_pipeline  # noqa: PLC0415
+  from dcgan_jax.data import input_pipeline  # noqa: PLC0415
 
   size, dataset = config.image_size, config.dataset
   if dataset == "synthetic":
-    from dcgan_jax import synthetic  # noqa: PLC0415
+    from dcgan_jax.data import synthetic  # noqa: PLC0415
     total = config.synthetic_size
     images = synthetic.make_faces(total, size, seed=1234)[_subset(num, total)]
     return images, f"synthetic:{total}", total

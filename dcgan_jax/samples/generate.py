@@ -14,7 +14,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from dcgan_jax import checkpoints, sampling
+from dcgan_jax import checkpoints
+from dcgan_jax.samples import sampling
 from dcgan_jax.state import make_models, sampling_variables
 
 
@@ -42,11 +43,11 @@ def load_models(config, workdir: str) -> Models:
     if not (config.torch_netg and config.torch_netd):
       raise ValueError("pass both --config.torch_netg=PATH and --config.torch_netd=PATH "
                        "(generate ranks G's samples with D).")
-    from dcgan_jax import torch_import  # noqa: PLC0415
+    from dcgan_jax.pytorch import original  # noqa: PLC0415
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.d_spectral_norm, cfg.d_batch_norm = False, True  # the original's D
-    g_vars, cfg.nz, cfg.ngf = torch_import.load_netg(config.torch_netg)
-    d_vars, cfg.ndf = torch_import.load_netd(config.torch_netd)
+    g_vars, cfg.nz, cfg.ngf = original.load_netg(config.torch_netg)
+    d_vars, cfg.ndf = original.load_netd(config.torch_netd)
     source = f"{config.torch_netg} + {config.torch_netd}"
   else:
     state, cfg, source = checkpoints.restore_trained(

@@ -383,7 +383,7 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
   size, seed, dataset = config.image_size, config.seed, config.dataset
 
   if dataset == "synthetic":
-    from dcgan_jax import synthetic  # noqa: PLC0415
+    from dcgan_jax.data import synthetic  # noqa: PLC0415
     images = synthetic.make_faces(config.synthetic_size, size, seed=1234)
     total = len(images)
     # Every host keeps as many images, so all take as many steps per epoch.
