@@ -3,20 +3,20 @@
     python main.py --config configs/anime.py --workdir runs/anime \
         [--mode=train|eval|generate|interpolate] [--config.KEY=VALUE ...] [--verbose]
 
-On a cluster, start one process per host (README: "Many devices, many hosts"):
-TPU pods, SLURM and Open MPI are detected; elsewhere pass
---coordinator_address, --num_processes and --process_id.
+On a cluster, start one process per host (docs/distributed.md).
 """
 
 from dcgan_jax import preemption
 
 preemption.catch_early()  # a SIGTERM while importing still ends cleanly
 
+import sys  # noqa: E402
+
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcgan_jax import console, cpu_flags, parallel, train  # noqa: E402
+from dcgan_jax import console, cpu_flags, errors, parallel, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
@@ -27,8 +27,8 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "interpolate"],
                   "checkpoint (fid=/kid= lines); or write WORKDIR/result.png "
                   "(generate) / WORKDIR/interpolate.png from the trained model.")
 flags.mark_flags_as_required(["config", "workdir"])
-flags.DEFINE_bool("verbose", False, "Show every library's log lines (orbax, TensorFlow, "
-                  "JAX) and the whole config, in absl's format.")
+flags.DEFINE_bool("verbose", False, "Show every library's log lines, the whole config, "
+                  "and the traceback of an error.")
 flags.DEFINE_enum("distributed", "auto", parallel.DISTRIBUTED_MODES,
                   "jax.distributed.initialize(): 'auto' when the flags below are "
                   "given or a TPU pod / SLURM / Open MPI job is detected.")
@@ -36,6 +36,20 @@ flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0 (multi-host runs outside TPU/SLURM).")
 flags.DEFINE_integer("num_processes", None, "Processes (hosts) in the job.")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+
+
+def run(config, workdir: str, mode: str) -> None:
+  """Runs one ``--mode`` of the program."""
+  if mode == "train":
+    train.train_and_evaluate(config, workdir)
+    return
+  preemption.release_early()  # nothing to save: signals act as usual
+  if mode == "eval":
+    from dcgan_jax.metrics import evaluate  # noqa: PLC0415
+    evaluate.main(config, workdir)
+  else:
+    from dcgan_jax.samples import generate  # noqa: PLC0415
+    generate.run(config, workdir, mode)
 
 
 def main(argv):
@@ -49,16 +63,14 @@ def main(argv):
                  jax.process_count())
   if FLAGS.verbose:
     logging.info("Config:\n%s", FLAGS.config)
-  if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    return
-  preemption.release_early()  # nothing to save: signals act as usual
-  if FLAGS.mode == "eval":
-    from dcgan_jax.metrics import evaluate  # noqa: PLC0415
-    evaluate.main(FLAGS.config, FLAGS.workdir)
-  else:
-    from dcgan_jax.samples import generate  # noqa: PLC0415
-    generate.run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  try:
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except (errors.UserError, errors.RunStopped) as e:
+    # A person's mistake, or a stop the message explains: one line, no traceback.
+    if FLAGS.verbose:
+      logging.exception("%s", type(e).__name__)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,25 @@ def get_config(name: str, **overrides):
   return config
 
 
+class Step:
+  """The training call as train_and_evaluate builds it: ``runner``, ``call``, ``empty``."""
+
+  def __init__(self, config):
+    from dcgan_jax import parallel, summaries, train  # noqa: PLC0415
+    self.runner = parallel.make_runner(config.parallel)
+    self.call = train.make_train_call(config, self.runner)
+    self.empty = self.runner.put_state(summaries.empty(config.loss))
+
+
 def build_step(config):
-  """(device state, ``train.Step``) exactly as train_and_evaluate builds them."""
+  """(device state, ``Step``) exactly as train_and_evaluate builds them."""
   import jax  # noqa: PLC0415
 
-  from dcgan_jax import cpu_flags, train  # noqa: PLC0415
+  from dcgan_jax import cpu_flags  # noqa: PLC0415
   from dcgan_jax.state import create_train_state  # noqa: PLC0415
 
   cpu_flags.use_fast_cpu_flags()  # as main.py does
-  step = train.make_step(config)
+  step = Step(config)
   return step.runner.put_state(create_train_state(config, jax.random.PRNGKey(config.seed))), step
 
 
@@ -60,7 +70,7 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   def run(n, state):
     for _ in range(n):
-      state, summary = step.call(state, step.summary, batch, None, 0)
+      state, summary = step.call(state, step.empty, batch, None)
     jax.block_until_ready((state, summary))
     return state, summary
 

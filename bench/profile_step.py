@@ -82,15 +82,15 @@ def main():
   state, step = common.build_step(config)
   batch = step.runner.put_batch(common.random_batch(config))
   for _ in range(2):
-    state, _ = step.call(state, step.summary, batch, None, 0)
+    state, _ = step.call(state, step.empty, batch, None)
   jax.block_until_ready(state)
-  kinds = _op_kinds(step.compiled.lower(state, step.summary, batch, None, *step.flags(0))
+  kinds = _op_kinds(step.call.lower(state, step.empty, batch, None)
                     .compile().as_text())
 
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp):
       for _ in range(args.steps):
-        state, _ = step.call(state, step.summary, batch, None, 0)
+        state, _ = step.call(state, step.empty, batch, None)
       jax.block_until_ready(state)
     trace = json.load(gzip.open(glob.glob(f"{tmp}/plugins/profile/*/*.trace.json.gz")[0]))
   events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]

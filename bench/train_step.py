@@ -2,7 +2,7 @@
 """Times the project's own jitted train step on a fixed device batch.
 
 Builds exactly what ``train.train_and_evaluate`` runs (``common.build_step``:
-``create_train_state`` and ``train.make_step``, the step mapped over all local
+``create_train_state`` and ``train.make_train_call``, the step mapped over all local
 devices with the state donated). One iteration is a D step + a G step, the
 PyTorch reference's iteration. The batch is a fixed random batch already on
 the device, so only the step is timed (after compilation, with

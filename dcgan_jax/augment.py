@@ -1,26 +1,11 @@
-"""Differentiable augmentation of every image D sees (DiffAugment).
+"""DiffAugment (Zhao et al. 2020): the same random, differentiable transforms of
+every image D sees, real and fake, in both nets' steps.
 
-Zhao, Liu, Lin, Zhu and Han, "Differentiable Augmentation for Data-Efficient
-GAN Training", NeurIPS 2020 (arXiv:2006.10738). The same random, differentiable
-transforms are applied to real and generated images, in D's step and in G's,
-so D never sees an image the augmentation could not have produced, and G's
-gradients flow through the transforms. With little data (6,000 faces here) it
-keeps D from memorising the training set.
-
-Policies (``config.diffaugment``, comma-separated, applied in order), each with
-its own random draw per image, as in the paper:
-
-* ``color``: brightness (add U(-0.5, 0.5)), saturation (scale each pixel's
-  distance to its channel mean by U(0, 2)), contrast (scale the distance to
-  the image mean by U(0.5, 1.5)).
-* ``translation``: shift by up to 1/8 of the image size in each direction,
-  filling with zeros (mid-grey in [-1, 1]).
-* ``cutout``: set a random square of half the image size to zero.
-
-Images are NHWC in [-1, 1]; every transform is a pure function of its key.
-Under data parallelism each replica augments its share of the global batch
-with the draws of the global batch (``index``, ``count``), as the step draws
-its noise, so a run does not depend on how many devices share the batch.
+Policies (``config.diffaugment``, comma-separated, in order), one draw per
+image each: ``color`` (brightness +U(-0.5, 0.5), saturation x U(0, 2),
+contrast x U(0.5, 1.5)), ``translation`` (up to 1/8 of the size, zero fill),
+``cutout`` (a zeroed square of half the size). Each replica takes its rows of
+the global batch's draws, so a run does not depend on the device count.
 """
 
 from __future__ import annotations

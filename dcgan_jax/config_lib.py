@@ -1,13 +1,8 @@
-"""Checking a training config before anything is built or compiled.
+"""Loading a config file and checking it before anything is built.
 
-``validate(config)`` compares the config with the reference one
-(``dcgan_jax/defaults.py``): every key there must be present, no other key may
-be, each value must have the reference value's type (an int passes for a
-float), and the keys below must hold possible values. Every problem found is
-listed in one ``ConfigError``, each line naming the key and what it allows.
-What only the data decides (the run's length and the save interval when they
-count epochs) is checked by ``check_call_boundaries`` once the data is loaded,
-with the same kind of error. ``load`` reads a config file by path.
+``validate`` compares a config with the reference one (``defaults.py``): the
+same keys, the same types (an int passes for a float), and possible values;
+one ``ConfigError`` lists every bad key and what it allows.
 """
 
 from __future__ import annotations
@@ -20,16 +15,14 @@ from collections.abc import Callable
 
 import ml_collections
 
-from dcgan_jax import augment, conv_ops, defaults, losses, models, parallel
+from dcgan_jax import augment, conv_ops, defaults, losses, models, parallel, schedule
+from dcgan_jax.data import input_pipeline
+from dcgan_jax.errors import ConfigError
 
 # The sizes the architecture produces: its layers turn a 1x1 latent into
 # 4, 8, 16, 32 and then 96 pixels (see models.py).
 IMAGE_SIZES = (96,)
 DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-  """A config that cannot train; the message names each bad key."""
 
 
 def _at_least(lo) -> tuple[Callable, str]:
@@ -78,7 +71,6 @@ RULES: dict[str, tuple[Callable, str]] = {
     "log_every": _at_least(1),
     "plot_every": _at_least(1),
     "num_plot": _at_least(1),
-    # Checkpoints and generation (configs/anime.py, from the checkpoints work).
     "save_every_steps": ((lambda v: v == -1 or v >= 1),
                          "-1 (every 10 epochs) or an integer >= 1"),
     "max_to_keep": _at_least(1),
@@ -110,7 +102,7 @@ def load(path: str, name: str = "get_config") -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location(
       os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
   if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist.")
+    raise ConfigError(f"config file {path!r} does not exist; pass --config=configs/NAME.py.")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return getattr(module, name)()
@@ -162,30 +154,6 @@ def _problems(config, ref, prefix: str = "") -> list[str]:
   return out
 
 
-def train_length(config, steps_per_epoch: int) -> int:
-  """The run's length in steps: ``num_train_steps``, or ``num_epochs`` epochs when it is -1."""
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return config.num_epochs * steps_per_epoch
-
-
-def describe_length(config, total: int) -> str:
-  """Which key sets the run's length of ``total`` steps, for messages."""
-  if config.num_train_steps > 0:
-    return f"num_train_steps={total}"
-  return f"num_epochs={config.num_epochs}: {total} steps"
-
-
-def _call_boundaries(config, sizes: dict[str, int]) -> list[str]:
-  """The keys of ``sizes`` ({key: steps}) that are not multiples of steps_per_call."""
-  k = config.get("steps_per_call", 1)
-  if not isinstance(k, int) or k < 1:
-    return []
-  return [f"config.{key}={v}: must be a multiple of config.steps_per_call={k} (logging, "
-          "grids, FID and checkpoints happen between calls of K steps); or change "
-          "steps_per_call" for key, v in sizes.items() if v > 0 and v % k]
-
-
 def validate(config, device_count: int | None = None) -> None:
   """Raises ``ConfigError`` listing every bad key of ``config``.
 
@@ -210,40 +178,12 @@ def validate(config, device_count: int | None = None) -> None:
     problems.append(f"config.fid.eval_every={config.fid.eval_every}: must be -1 (automatic), "
                     "0 (off) or a number of steps >= 1")
   if not bad:
-    problems += _call_boundaries(config, {
-        k: config[k] for k in ("log_every", "plot_every", "save_every_steps",
-                               "num_train_steps")} | {"fid.eval_every": config.fid.eval_every})
-  if (config.get("input_on_device") is True and config.get("cache") is False
-      and config.get("dataset") != "synthetic"
-      and not str(config.get("dataset")).startswith("tfds:")):
+    problems += schedule.problems(config)
+  if (not bad and config.input_on_device and not config.cache
+      and input_pipeline.source(config.dataset) == "folder"):
     problems.append(
         "config.input_on_device=True: needs the images in memory; set "
         "config.cache=True (or input_on_device=False to stream from disk)")
   if problems:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
-
-
-def check_call_boundaries(config, total_steps: int, save_every: int) -> None:
-  """The checks of ``validate`` that need the data: the run's length and save interval.
-
-  Args:
-    config: the run's config.
-    total_steps: the run's length (``num_epochs`` epochs when num_train_steps is -1).
-    save_every: the save interval (10 epochs when save_every_steps is -1).
-
-  Raises:
-    ConfigError: naming the key whose steps are not a multiple of steps_per_call.
-  """
-  k, problems = config.steps_per_call, []
-  if total_steps % k:
-    problems.append(
-        f"config.num_epochs={config.num_epochs}: makes {total_steps} steps on this data, "
-        f"not a multiple of config.steps_per_call={k}; set config.num_train_steps to a "
-        f"multiple of {k}, or change steps_per_call")
-  if save_every % k:
-    problems.append(
-        f"config.save_every_steps={config.save_every_steps}: means every {save_every} steps "
-        f"(10 epochs) on this data, not a multiple of config.steps_per_call={k}; set it to "
-        f"a multiple of {k}, or change steps_per_call")
-  if problems:
-    raise ConfigError("invalid config for this data:\n  " + "\n  ".join(problems))
+    raise ConfigError("invalid config: " + (problems[0] if len(problems) == 1 else
+                                            "\n  " + "\n  ".join(problems)))

@@ -1,20 +1,9 @@
-"""What a person running ``main.py`` reads: the project's lines, libraries quiet.
+"""What a person running ``main.py`` reads: the project's lines, the libraries quiet.
 
-By default (``quiet_libraries()``, which ``main.py`` calls first):
-  * Python log records below WARNING are kept only when they come from this
-    project (``dcgan_jax/`` or ``main.py``). orbax, clu, JAX and absl log
-    through the same absl logger as the project, so the filter goes by each
-    record's origin (its source file), not by logger name. Warnings and errors
-    of every origin stay.
-  * TensorFlow's and XLA's C++ INFO and WARNING lines are off
-    (``TF_CPP_MIN_LOG_LEVEL=2``, which must be set before TensorFlow loads;
-    a value the user set wins), and so is the notice TensorFlow prints about
-    its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS=0``, in both modes: TensorFlow
-    only decodes images here).
-  * Lines are ``HH:MM:SS message``; warnings and errors say so in front.
-``main.py --verbose`` brings everything back in absl's own format.
-
-The training loop's lines come from ``header``, ``step_line`` and ``done_line``.
+``quiet_libraries`` keeps INFO lines from this project only (orbax, clu, JAX
+and absl share absl's logger, so records are told apart by their source file),
+silences TensorFlow's C++ logs, and prints ``HH:MM:SS message``; ``--verbose``
+brings everything back in absl's format. The run's own lines are made here.
 """
 
 from __future__ import annotations
@@ -78,15 +67,53 @@ def duration(secs: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def header(*, workdir: str, data: str, steps_per_epoch: int, start: int, total: int,
-           origin: str, devices: str, batch: str, cadence: str) -> list[str]:
-  """The lines a run starts with: where, from what, the data, devices and steps."""
-  epochs = (total - start) / steps_per_epoch
-  return [f"Training into {workdir}. {origin}",
-          f"Data: {data}; {steps_per_epoch} steps per epoch",
-          f"Devices: {devices}",
-          f"Batch: {batch}",
-          f"Steps: {start} -> {total} ({epochs:.3g} epochs); {cadence}"]
+class Clock:
+  """The run's one clock: img/s between log steps and the ETA, from the end of the first call."""
+
+  def __init__(self, total: int, batch_size: int):
+    self.total, self.batch_size = total, batch_size
+    self.start_step = self._t0 = self._last_step = self._t_last = None
+
+  def start(self, step: int) -> None:
+    self.start_step = self._last_step = step
+    self._t0 = self._t_last = time.perf_counter()
+
+  def secs_per_step(self) -> float | None:
+    """Seconds per step since the start, up to the last ``lap`` (None before one)."""
+    if self._last_step is None or self._last_step <= self.start_step:
+      return None
+    return (self._t_last - self._t0) / (self._last_step - self.start_step)
+
+  def lap(self, step: int) -> tuple[float | None, float | None]:
+    """(img/s since the last lap, seconds left); None where nothing was timed yet."""
+    now, rate = time.perf_counter(), None
+    if self._last_step is not None and step > self._last_step:
+      rate = (step - self._last_step) * self.batch_size / (now - self._t_last)
+      self._last_step, self._t_last = step, now
+    per_step = self.secs_per_step()
+    return rate, None if per_step is None else (self.total - step) * per_step
+
+
+def print_header(config, workdir: str, inp, start: int, plan, fid_on: bool,
+                 origin: str) -> None:
+  """The lines a run starts with: where, from what, the data, the devices, the steps."""
+  import jax  # noqa: PLC0415
+
+  from dcgan_jax import conv_ops, parallel  # noqa: PLC0415
+  host_batch, device_batch = parallel.split_batch(config.batch_size)
+  fid = ("FID off" if not fid_on else "FID every " + (
+      str(plan.fid_every) if plan.fid_every > 0 else "N steps, N planned to keep it "
+      "within 10% of the training time"))
+  epochs = (plan.total - start) / inp.steps_per_epoch
+  for line in (
+      f"Training into {workdir}. {origin}",
+      f"Data: {inp.description}; {inp.steps_per_epoch} steps per epoch",
+      f"Devices: {jax.device_count()} x {jax.devices()[0].platform} on "
+      f"{jax.process_count()} host(s); {config.parallel}, conv_impl "
+      f"{conv_ops.resolve(config.conv_impl)}, steps_per_call {config.steps_per_call}",
+      f"Batch: {config.batch_size} ({host_batch} per host, {device_batch} per device)",
+      f"Steps: {start} -> {plan.total} ({epochs:.3g} epochs); {plan.describe(fid)}"):
+    logging.getLogger("absl").info("%s", line)
 
 
 def step_line(done: int, total: int, scalars: dict, imgs_per_sec: float | None,

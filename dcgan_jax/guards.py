@@ -1,33 +1,18 @@
-"""Stopping cleanly on numerical and file-system faults.
+"""Stopping cleanly on NaN/Inf and on failed checkpoint writes, losing nothing.
 
-* ``FirstNonFinite``: NaN/Inf in a loss stops training, naming the first bad
-  step, without a host sync per step: the step itself records the first
-  step whose losses were not finite, with those losses, in the metrics it
-  accumulates; ``check_finite`` reads it where the loop reads the metrics.
-  Training checks at every log, sample grid and checkpoint, so no summary,
-  grid or checkpoint is ever written from a non-finite state.
-* ``tree_is_finite``: the state itself, checked before a checkpoint is saved
-  (a finite loss can still come with a NaN update).
-* ``check_workdir``: an unwritable workdir fails at start, naming the folder.
-* ``lock_workdir``: a second training run on a workdir whose run is still
-  going fails at start, naming the live process.
-* ``checkpoint_writes``: a checkpoint write that fails (disk full, I/O
-  error; orbax reports these as ValueError or OSError, possibly one save
-  later since saves are asynchronous) stops training with one clear error.
-  Orbax writes a step into a temporary folder and renames it when complete,
-  so the checkpoints already there stay intact and a rerun resumes from them.
+The step records the first step whose losses were not finite
+(``FirstNonFinite``); the loop checks it wherever it reads the metrics (every
+log, grid and checkpoint) and the state itself before a save, so nothing is
+ever written from a non-finite state. A checkpoint write that fails (orbax
+reports it as ValueError or OSError, maybe one save later since saves are
+asynchronous) stops training with one error; orbax renames a step folder only
+once complete, so the checkpoints already there restore.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import math
-import os
-import socket
-import tempfile
-import time
 from typing import Any
 
 import flax
@@ -36,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from dcgan_jax.errors import RunStopped
 
-class NonFiniteError(FloatingPointError):
+
+class NonFiniteError(RunStopped, FloatingPointError):
   """A loss or the state became NaN or Inf; the message names the step."""
 
 
@@ -100,6 +87,17 @@ def tree_is_finite(tree: Any) -> bool:
              if np.issubdtype(x.dtype, np.inexact))
 
 
+@contextlib.contextmanager
+def closing(resource):
+  """``resource.close()`` on the way out; only logged when an error is already on its way."""
+  try:
+    yield resource
+  except BaseException:
+    run_quietly(resource.close)
+    raise
+  resource.close()
+
+
 def run_quietly(fn) -> None:
   if fn is None:
     return
@@ -122,87 +120,7 @@ def check_state_finite(state: Any, step: int, hint: str = "", before_raise=None)
         f"checkpoint, if any, is intact and restores.{hint}")
 
 
-def check_workdir(workdir: str) -> None:
-  """Creates ``workdir`` if needed and proves it writable, or fails naming it.
-
-  Raises:
-    OSError: (of the original kind) saying which folder and why, and what to do.
-  """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_") as f:
-      f.write(b"ok")
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:
-    raise type(e)(
-        e.errno, f"workdir {workdir!r} is not a writable folder ({e.strerror or e}); "
-        "pass --workdir=PATH naming a folder you can write to") from e
-
-
-class WorkdirInUseError(RuntimeError):
-  """Another live training run holds the workdir."""
-
-
-LOCK_FILE = ".lock"
-
-
-class WorkdirLock:
-  """Held by ``lock_workdir``; ``announce`` writes who holds it into the file."""
-
-  def __init__(self, fd: int | None):
-    self._fd = fd
-
-  def announce(self) -> None:
-    """Names this process in the lock file (for a second run's error message)."""
-    if self._fd is not None:
-      os.ftruncate(self._fd, 0)
-      os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
-
-
-@contextlib.contextmanager
-def lock_workdir(workdir: str, holder: bool = True):
-  """Holds ``WORKDIR/.lock`` while a training run uses the workdir.
-
-  An advisory ``flock``: the OS releases it when the process ends, however it
-  ends, so a crashed run leaves no stale lock. Taking it writes nothing; the
-  run ``announce``s itself once it is going to train.
-
-  Args:
-    workdir: the run's folder (it exists: ``check_workdir``).
-    holder: whether this process takes the lock. The hosts of one run share
-      its workdir, so only one of them (the chief) does.
-
-  Yields:
-    A ``WorkdirLock``.
-
-  Raises:
-    WorkdirInUseError: naming the live process that holds it, and what to do.
-  """
-  if not holder:
-    yield WorkdirLock(None)
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      with open(path) as f:
-        held = f.read().strip()
-      who = json.loads(held) if held.startswith("{") else {}
-      raise WorkdirInUseError(
-          f"workdir {workdir!r} is in use by another training run (pid "
-          f"{who.get('pid', '?')} on host {who.get('host', '?')}, started "
-          f"{who.get('started', '?')}). Wait for it to finish or stop it, or pass another "
-          "--workdir.") from None
-    yield WorkdirLock(fd)
-  finally:
-    os.close(fd)  # releases the lock
-
-
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(RunStopped, OSError):
   """Writing a checkpoint failed; the earlier checkpoints are intact."""
 
 

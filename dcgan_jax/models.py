@@ -1,34 +1,18 @@
-"""The AnimeGAN DCGAN generator and discriminator in Flax linen.
-
-Both nets mirror the PyTorch original layer for layer (NHWC here, NCHW there):
+"""The AnimeGAN generator and discriminator, layer for layer as the PyTorch original.
 
   G: z (nz) -> ConvT(8ngf, k4 s1 p0) 4px -> ConvT(4ngf, k4 s2 p1) 8px
-       -> ConvT(2ngf) 16px -> ConvT(ngf) 32px -> ConvT(3, k5 s3 p1) 96px -> tanh
-     every hidden ConvT is followed by BatchNorm + ReLU.
-  D: x 96px -> Conv(ndf, k5 s3 p1) 32px + LeakyReLU(0.2)
-       -> Conv(2ndf, k4 s2 p1) 16px -> Conv(4ndf) 8px -> Conv(8ndf) 4px
-       (each + BatchNorm + LeakyReLU(0.2)) -> Conv(1, k4 s1 p0) 1px -> logit
+       -> ConvT(2ngf) 16px -> ConvT(ngf) 32px -> ConvT(3, k5 s3 p1) 96px -> tanh,
+     each hidden ConvT followed by BatchNorm + ReLU.
+  D: x 96px -> Conv(ndf, k5 s3 p1) 32px + LeakyReLU(0.2) -> Conv(2ndf, k4 s2 p1)
+       16px -> Conv(4ndf) 8px -> Conv(8ndf) 4px (each + BatchNorm + LeakyReLU)
+       -> Conv(1, k4 s1 p0) -> logit
 
-Initialisation (``init_scheme``): 'pytorch' (the default) is what the original
-AnimeGAN got, since it never re-initialises its layers: PyTorch's default
-kaiming_uniform(a=sqrt(5)), i.e. kernels ~ U(+-1/sqrt(fan_in)) with torch's
-fan_in (in*k*k for Conv2d; out*k*k for ConvTranspose2d, whose weight is
-(in, out, k, k)), BatchNorm scale 1, bias 0. 'dcgan' is the DCGAN paper's:
-kernels ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02), bias 0. Measured here on
-the demo's faces, the 'pytorch' init starts G with outputs of std ~0.25 (vs
-~0.1), which its discriminator (batch-normalised, so blind to a batch's overall
-scale) cannot push up.
-
-BatchNorm uses PyTorch's momentum 0.1 (flax ``momentum=0.9`` is the weight of
-the old running average) and eps 1e-5. One difference stays: PyTorch's running
-variance uses the unbiased batch variance, flax's the biased one (a factor
-n/(n-1) with n = batch*H*W >= 1024 here).
-
-The convolutions themselves live in ``conv_ops`` (one formulation per
-backend, ``conv_impl``); the modules here only own the kernels: ``Conv`` keeps
-``nn.Conv``'s HWIO kernel, ``ConvTranspose`` the HWIO kernel of the strided
-convolution it is the transpose of (``nn.ConvTranspose(transpose_kernel=True)``'s
-layout), so parameters and checkpoints do not depend on the formulation.
+``init_scheme='pytorch'`` is what the original got, never re-initialising its
+layers: kernels ~ U(+-1/sqrt(fan_in)) with torch's fan_in, BatchNorm scale 1;
+'dcgan' is the DCGAN paper's N(0, 0.02). BatchNorm has PyTorch's momentum and
+eps; its running variance is the biased one (PyTorch keeps the unbiased).
+The modules own the kernels (HWIO, ``ConvTranspose`` the kernel of the conv
+it transposes); ``conv_ops`` computes them, so checkpoints do not depend on how.
 """
 
 from __future__ import annotations
@@ -67,7 +51,7 @@ INITS = {  # name -> (kernel init, BatchNorm scale init)
 
 
 class _BiaslessConv(nn.Module):
-  """What Conv and ConvTranspose share: sizes, dtype, init, the kernel, the form."""
+  """What Conv and ConvTranspose share: sizes, dtype, init, the kernel."""
 
   features: int
   kernel_size: int
@@ -113,14 +97,9 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Dtype, init: str, nam
 class Generator(nn.Module):
   """z (B, nz) -> images (B, 96, 96, 3) in [-1, 1].
 
-  Attributes:
-    nz: latent size.
-    ngf: width of the last hidden layer (others are 2x, 4x, 8x).
-    bn_axis_name: if set, BatchNorm statistics are averaged over this mapped
-      axis (cross-replica statistics for data-parallel training).
-    dtype: computation dtype (parameters stay float32).
-    init_scheme: 'pytorch' (the original's) or 'dcgan' initialisation.
-    conv_impl: the convolutions' formulation (``conv_ops.IMPLS``).
+  ``ngf`` is the last hidden layer's width; ``bn_axis_name`` averages
+  BatchNorm statistics over a mapped axis; parameters stay float32 whatever
+  ``dtype`` computes in.
   """
 
   nz: int = 100
@@ -149,17 +128,9 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
   """images (B, 96, 96, 3) -> logits (B,). sigmoid(logit) is the original's D(x).
 
-  Attributes:
-    ndf: width of the first layer (the others are 2x, 4x, 8x).
-    bn_axis_name: as the Generator's.
-    dtype: computation dtype (parameters stay float32).
-    init_scheme: 'pytorch' (the original's) or 'dcgan' initialisation.
-    conv_impl: the convolutions' formulation (``conv_ops.IMPLS``).
-    spectral_norm: divide every kernel by its largest singular value
-      (``flax.linen.SpectralNorm``, Miyato et al. 2018), estimated by one step
-      of power iteration per training pass; its vectors are kept in
-      ``batch_stats`` under ``conv{i}_sn`` (the kernels keep their names).
-    batch_norm: D's BatchNorm layers (the original's); False drops them.
+  ``spectral_norm`` divides every kernel by its largest singular value
+  (Miyato et al. 2018; one power iteration per training pass, its vectors in
+  ``batch_stats`` under ``conv{i}_sn``); ``batch_norm=False`` drops D's BatchNorm.
   """
 
   ndf: int = 64

@@ -1,36 +1,29 @@
-"""Running the per-replica train step over every device of every host.
+"""Device placement, and the per-replica step mapped over every device of every host.
 
 ``train.train_step`` is written for one replica: it sees its share of the
-global batch and averages gradients (and BatchNorm statistics) over the mapped
-axis ``AXIS``. This module maps it over all devices, two ways
-(``config.parallel``):
+global batch and averages gradients (and BatchNorm statistics) over ``AXIS``.
+A ``Runner`` maps it (``config.parallel``): ``'pmap'`` over each host's local
+devices, the state carrying a leading device axis; or ``'shard_map'``,
+``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of all devices, the state one
+replicated global array per leaf. Nothing outside this module depends on which.
 
-  * ``'pmap'``: ``jax.pmap`` over each host's local devices; the state carries
-    a leading local-device axis and each host feeds its own devices.
-  * ``'shard_map'``: ``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of all
-    devices (``jax.pmap``'s successor). The state is one replicated global
-    array per leaf (``P()``), the batch one global array sharded along
-    ``AXIS``, assembled from every host's local batch.
-
-Everything that places arrays on devices or maps a function over them is
-here (``Runner``); nothing outside this module depends on which wrapper runs.
-
-Gradient scale. The step differentiates its replica's loss (the mean over its
-share) and takes ``pmean`` of the gradients. Under pmap every value is
-per-replica and the transpose of the ``psum`` inside cross-replica BatchNorm
-is a ``psum``, so replica j's gradient is d(sum_i L_i)/d(theta_j) and their
-mean is exactly the gradient of the global-batch loss. shard_map runs with
-``check_vma=False``, which keeps these pmap semantics: inside the map the
-replicated state is an ordinary per-replica value, so gradients taken inside
-are per-replica (not already summed, as gradients of replicated inputs taken
-*outside* a shard_map are) and the same ``pmean`` is right. (With
-``check_vma=True`` JAX would insert implicit sums, and the custom VJPs of
-``conv_ops`` are not typed for it.) tests/test_distributed.py
-checks both wrappers on 8 devices against one device.
+Gradient scale. Each replica differentiates its own mean loss and the step
+takes ``pmean`` of the gradients. Under pmap the transpose of the ``psum``
+inside cross-replica BatchNorm is a ``psum``, so replica j's gradient is
+d(sum_i L_i)/d(theta_j), and their mean is exactly the gradient of the
+global-batch loss. shard_map runs with ``check_vma=False``, which keeps these
+semantics: inside the map the replicated state is an ordinary per-replica
+value, so gradients taken there are per-replica (not already summed, as
+gradients of replicated inputs taken outside a shard_map are) and the same
+``pmean`` is right; with ``check_vma=True`` JAX would insert implicit sums,
+for which the custom VJPs of ``conv_ops`` are not typed.
+tests/test_distributed.py checks both wrappers on 8 devices against one.
 """
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
 from collections.abc import Callable
 
@@ -40,47 +33,35 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "batch"
-
-
-# --- multi-host: JAX's own distributed runtime ------------------------------
-
 DISTRIBUTED_MODES = ("auto", "on", "off")
 
 
-def cluster_detected() -> bool:
-  """Whether this process looks like one of several in a cluster job.
+def cluster_detected(env=os.environ) -> bool:
+  """Whether this process looks like one of several: SLURM, Open MPI or a Cloud TPU VM.
 
-  True in a SLURM job step of several tasks, an Open MPI run of several
-  ranks, or on a Cloud TPU VM (where ``jax.distributed.initialize()`` finds
-  the slice's hosts itself; a single-host slice then forms a 1-process
-  cluster, which is harmless).
+  On a TPU VM ``jax.distributed.initialize()`` finds the slice's hosts itself
+  (one host forms a harmless 1-process cluster).
   """
-  env = os.environ
   if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
     return True
   if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
     return True
-  from jax._src import cloud_tpu_init  # noqa: PLC0415 (set when jax is imported)
-  return bool(getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False))
+  return (importlib.util.find_spec("libtpu") is not None
+          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
 
 
 def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
-  """Starts JAX's multi-host runtime (``jax.distributed.initialize``) if asked.
-
-  Must run before any JAX computation.
+  """Starts ``jax.distributed`` before any computation; returns whether it did.
 
   Args:
-    mode: 'on' always initialises (unset arguments are detected by JAX: TPU
-      pods, SLURM, Open MPI, Kubernetes); 'off' never does; 'auto' does when
-      any argument below is given or ``cluster_detected()``.
-    coordinator_address: 'host:port' of process 0's coordinator service.
-    num_processes: the number of processes (hosts) in the job.
-    process_id: this process's index in [0, num_processes).
-
-  Returns:
-    Whether the distributed runtime was initialised.
+    mode: 'on' always (JAX detects what is unset: TPU pods, SLURM, Open MPI,
+      Kubernetes); 'off' never; 'auto' when an argument below is given or
+      ``cluster_detected()``.
+    coordinator_address: 'host:port' of process 0.
+    num_processes: processes (hosts) in the job.
+    process_id: this process's index.
   """
   if mode not in DISTRIBUTED_MODES:
     raise ValueError(f"--distributed={mode!r}: expected one of {DISTRIBUTED_MODES}.")
@@ -92,20 +73,9 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
   return True
 
 
-# --- the batch: one split, checked once -------------------------------------
-
 def split_batch(batch_size: int, process_count: int | None = None,
                 local_device_count: int | None = None) -> tuple[int, int]:
-  """(rows per host, rows per device) of a global batch of ``batch_size``.
-
-  Args:
-    batch_size: ``config.batch_size``, the global batch.
-    process_count: hosts (default ``jax.process_count()``).
-    local_device_count: devices per host (default ``jax.local_device_count()``).
-
-  Raises:
-    ValueError: naming ``config.batch_size`` when it does not split evenly.
-  """
+  """(rows per host, rows per device) of the global batch; ValueError if it does not split."""
   hosts = jax.process_count() if process_count is None else process_count
   local = jax.local_device_count() if local_device_count is None else local_device_count
   n = hosts * local
@@ -116,26 +86,16 @@ def split_batch(batch_size: int, process_count: int | None = None,
   return batch_size // hosts, batch_size // n
 
 
-# --- runners: placement and the mapped step, one per wrapper ----------------
-#
-# A step compiled by a runner takes arguments in three roles:
-#   'replicated': the same value on every replica (the state, the metrics);
-#   'batch': (K, host_batch, ...) host arrays, split over the devices along
-#     axis 1; each replica sees (K, device_batch, ...);
-#   'copies': one copy of a host array per local device (the device-resident
-#     images); each replica sees the array;
-#   'static': a hashable Python value, compiled in (one program per value).
-# Every output is replicated. Placement uses shardings built once: a batch
-# placed by ``put_batch`` carries exactly the sharding the step expects, so
-# the step never recompiles and no placement compiles anything.
+# A compiled function takes each argument in a role: 'replicated' (the same on
+# every replica: the state, the metrics), 'batch' ((K, host_batch, ...) host
+# rows, split over the devices along axis 1) or 'copies' (one copy of a host
+# array per device: the images kept there). Every output is replicated.
+# Placement uses shardings built once, the ones the compiled function expects,
+# so neither it nor placement compiles again.
 
 
 class Runner:
-  """A wrapper's placement (``put_*``, ``get``) and its ``compile``.
-
-  Attributes:
-    kind: 'pmap' or 'shard_map' (``config.parallel``).
-  """
+  """A wrapper's placement (``put_*``, ``get``) and ``compile``."""
 
   kind = ""
 
@@ -144,7 +104,7 @@ class Runner:
     raise NotImplementedError
 
   def put_batch(self, batch: np.ndarray):
-    """This host's (K, host_batch, ...) rows -> split over its devices (axis 1)."""
+    """This host's (K, host_batch, ...) rows -> split over its devices along axis 1."""
     raise NotImplementedError
 
   def put_copies(self, array: np.ndarray):
@@ -156,25 +116,15 @@ class Runner:
     raise NotImplementedError
 
   def compile(self, fn: Callable, roles: tuple[str, ...], donate_argnums=(0,)) -> Callable:
-    """Maps the per-replica ``fn(*args)`` over every device (collectives over ``AXIS``).
-
-    Args:
-      fn: the per-replica function; every output is the same on all replicas.
-      roles: one of 'replicated', 'batch', 'copies', 'static' per argument.
-      donate_argnums: arguments whose buffers the outputs reuse.
-    """
+    """``fn(*args)`` per replica, mapped over every device (collectives over ``AXIS``)."""
     raise NotImplementedError
-
-
-def _statics(roles) -> tuple[int, ...]:
-  return tuple(i for i, r in enumerate(roles) if r == "static")
 
 
 class PmapRunner(Runner):
   """``jax.pmap`` over this host's devices: arrays carry a leading device axis."""
 
   kind = "pmap"
-  _IN_AXES = {"replicated": 0, "batch": 1, "copies": 0, "static": None}
+  _IN_AXES = {"replicated": 0, "batch": 1, "copies": 0}
 
   def __init__(self):
     devices = jax.local_devices()
@@ -201,22 +151,17 @@ class PmapRunner(Runner):
 
   def get(self, tree):
     # The first local replica only: reading the global array would be a
-    # computation over every process's devices, which on a multi-host run
-    # only process 0 (writing grids) would enter, a deadlock.
+    # computation over every process's devices that only process 0 (drawing
+    # grids) would enter on a multi-host run, a deadlock.
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
 
   def compile(self, fn, roles, donate_argnums=(0,)):
     return jax.pmap(fn, axis_name=AXIS, in_axes=tuple(self._IN_AXES[r] for r in roles),
-                    donate_argnums=donate_argnums, static_broadcasted_argnums=_statics(roles))
+                    donate_argnums=donate_argnums)
 
 
 class ShardMapRunner(Runner):
-  """``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of every device of every host.
-
-  The state is one replicated global array per leaf (``P()``), the batch one
-  global array sharded along ``AXIS`` (axis 1), assembled from every host's
-  rows.
-  """
+  """``jax.jit`` of ``jax.shard_map`` over a 1-D mesh of every device of every host."""
 
   kind = "shard_map"
 
@@ -244,25 +189,15 @@ class ShardMapRunner(Runner):
     return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
   def compile(self, fn, roles, donate_argnums=(0,)):
-    statics = _statics(roles)
-    mapped_roles = [r for r in roles if r != "static"]
+    def per_replica(*args):
+      # A 'copies' block is (1, ...) per device: the replica's copy is [0].
+      return fn(*(jax.tree_util.tree_map(lambda x: x[0], a) if r == "copies" else a
+                  for a, r in zip(args, roles, strict=True)))
 
-    def call(*args):
-      static = {i: args[i] for i in statics}
-
-      def per_replica(*mapped):
-        # A 'copies' block is (1, ...) per device: the replica's copy is [0].
-        it = iter(jax.tree_util.tree_map(lambda x: x[0], a) if r == "copies" else a
-                  for a, r in zip(mapped, mapped_roles, strict=True))
-        return fn(*(static[i] if i in static else next(it) for i in range(len(roles))))
-
-      # check_vma=False: pmap's per-replica gradient semantics (module doc).
-      return jax.shard_map(per_replica, mesh=self.mesh,
-                           in_specs=tuple(self._specs[r] for r in mapped_roles),
-                           out_specs=P(), check_vma=False)(
-          *(a for i, a in enumerate(args) if i not in static))
-
-    return jax.jit(call, static_argnums=statics, donate_argnums=donate_argnums)
+    # check_vma=False: pmap's per-replica gradient semantics (module doc).
+    mapped = jax.shard_map(per_replica, mesh=self.mesh, out_specs=P(), check_vma=False,
+                           in_specs=tuple(self._specs[r] for r in roles))
+    return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -276,7 +211,7 @@ WRAPPERS = tuple(RUNNERS)
 
 
 def make_runner(kind: str = "pmap") -> Runner:
-  """The runner of ``config.parallel`` (``'pmap'`` or ``'shard_map'``)."""
+  """The runner of ``config.parallel``."""
   if kind not in RUNNERS:
     raise ValueError(f"config.parallel={kind!r}: expected one of {WRAPPERS}.")
   return RUNNERS[kind]()

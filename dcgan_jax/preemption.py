@@ -1,17 +1,10 @@
 """Stopping cleanly on SIGTERM / SIGINT (preemption, Ctrl-C).
 
-The first signal only sets a flag: the training loop sees it at the next step
-boundary, saves a checkpoint and returns (exit status 0). A second signal
-means "now": the process exits at once with status 128 + signal number.
-
-With several hosts, each host may receive the signal at a different step;
-``StopSignal.should_stop`` makes them agree (any host stopping stops all) at
-the steps where it is asked to synchronise, so all save the same step.
-
-A signal can come at any moment, also while the process is still importing
-or loading data: ``catch_early`` (``main.py`` calls it before its heavy
-imports) records it, and the ``StopSignal`` installed later takes it over, so
-start-up ends cleanly too.
+The first signal sets a flag: training saves a checkpoint after the current
+call and exits 0. A second exits at once (128 + signal). Hosts agree on the
+stop where they sync (``should_stop(sync=True)``), so all save the same step.
+``catch_early``, called by ``main.py`` before its imports, records a signal
+that comes during start-up for the ``StopSignal`` installed later.
 """
 
 from __future__ import annotations

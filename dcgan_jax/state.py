@@ -1,14 +1,4 @@
-"""What a training run carries from step to step, and the nets it is made for.
-
-* ``NetState``: one net's ``flax.training.train_state.TrainState`` (its update
-  count, parameters and Adam state) plus its BatchNorm running statistics, as
-  in the Flax ImageNet example.
-* ``GANState``: the iteration count, the run's noise key, both nets and the
-  optional EMA of G.
-
-Checkpoints store this tree (``checkpoints.py``), so its field names are the
-checkpoint format.
-"""
+"""What a training run carries from step to step; its field names are the checkpoint format."""
 
 from __future__ import annotations
 

@@ -1,41 +1,51 @@
-"""Training: the per-replica GAN iteration, the compiled call, and the loop.
+"""Training: the GAN iteration, the compiled call of K iterations, and the loop.
 
-One iteration is the original AnimeGAN iteration:
+One iteration is the original AnimeGAN's:
   * D step (every ``d_every`` steps): D on a real batch and, in a second pass,
     on a detached fake batch G(z1); BCE(D(x), 1) + BCE(D(G(z1)), 0); Adam on D.
-  * G step (every ``g_every`` steps): fresh noise z2; non-saturating loss
+  * G step (every ``g_every`` steps): fresh noise z2; the non-saturating
     BCE(D(G(z2)), 1) through the just-updated D; Adam on G.
-Both nets stay in training mode throughout, so (as in PyTorch) every forward
-pass, the G pass of the D step and the D pass of the G step included, updates
-BatchNorm running statistics.
-
-``train_step`` is written per replica: it sees its share of the global batch
-and averages gradients over the mapped axis ``parallel.AXIS``; with
-``sync_batch_stats`` BatchNorm statistics are averaged over that axis too.
-``make_step`` compiles one call of ``config.steps_per_call`` iterations,
-mapped over every device: the metrics (and the first non-finite step)
-accumulate inside it and are read only where the loop logs, draws or saves,
-so an ordinary step is one compiled call plus the next batch's placement.
+Both nets stay in training mode throughout, so, as in PyTorch, every forward
+pass updates BatchNorm's running statistics.
 """
 
 import contextlib
-import dataclasses
 import functools
+import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
-import jax.numpy as jnp
+from absl import logging
 from jax import lax
 
-from dcgan_jax import augment, checkpoints, config_lib, losses, parallel, periodic, summaries
+from dcgan_jax import (
+  augment,
+  checkpoints,
+  config_lib,
+  console,
+  guards,
+  losses,
+  parallel,
+  preemption,
+  schedule,
+  summaries,
+)
+from dcgan_jax import (
+  workdir as workdir_lib,
+)
 from dcgan_jax.data import device_input, input_pipeline
-from dcgan_jax.state import GANState, create_train_state, make_models, update_ema
+from dcgan_jax.samples import sampling
+from dcgan_jax.state import (
+  GANState,
+  create_train_state,
+  make_models,
+  sampling_variables,
+  update_ema,
+)
 
 
 def _maybe(flag, update: Callable, carry, empty):
-  """``update(carry)`` -> (carry, metrics) if ``flag`` (a bool or a traced bool), else
-  (carry, ``empty``)."""
+  """``update(carry)`` if ``flag`` (a bool or a traced bool), else ``(carry, empty)``."""
   if isinstance(flag, bool):
     return update(carry) if flag else (carry, empty)
   return lax.cond(flag, update, lambda c: (c, empty), carry)
@@ -48,21 +58,18 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
 
   Args:
     state: the replica's copy of the training state.
-    real: (device_batch, S, S, 3) float images in [-1, 1].
-    do_d: whether this iteration updates D (a Python bool, or a traced bool).
-    do_g: whether this iteration updates G (likewise).
-    generator: the G module (BatchNorm axis set for synchronised statistics).
-    discriminator: the D module.
+    real: (device_batch, S, S, 3) images in [-1, 1].
+    do_d, do_g: whether D / G are updated (Python or traced bools).
+    generator, discriminator: the modules (BatchNorm over ``axis_name`` when synchronised).
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
-    ema_decay: if > 0, ``state.ema`` follows G's new variables (``update_ema``).
+    ema_decay: if > 0, ``state.ema`` follows G (``update_ema``).
     loss: ``losses.LOSSES``.
     diffaugment: the transforms of every image D sees (``augment.parse``).
 
   Returns:
-    (new state, {'d': D's metrics, 'g': G's}) averaged over replicas
-    (``summaries.METRICS[loss]``); the metrics of a net this iteration did not
-    update are empty (count 0).
+    (new state, {'d': D's metrics, 'g': G's}) averaged over replicas; a net
+    not updated has empty metrics.
   """
   base = jax.random.fold_in(state.rng, state.step)
   k1, k2 = jax.random.split(base)
@@ -76,7 +83,7 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     z = jax.random.normal(key, (b * count, nz))
     return lax.dynamic_slice_in_dim(z, index * b, b)
 
-  def seen(key, x):  # what D sees of x: augmented, in both nets' steps
+  def seen(key, x):  # what D sees of x, in both nets' steps
     return augment.apply(key, x, diffaugment, index, count) if diffaugment else x
   mean = functools.partial(lax.pmean, axis_name=axis_name)
 
@@ -133,152 +140,183 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
   return state.replace(step=state.step + 1, g=g, d=d, ema=ema), {"d": m_d, "g": m_g}
 
 
-def _real(batch, i, images):
-  """Row ``i`` of the call's batch, as images (gathered from ``images`` when given)."""
-  rows = lax.dynamic_index_in_dim(batch, i, keepdims=False)
-  return rows if images is None else device_input.gather(images, rows)
+def make_train_call(config, runner: parallel.Runner) -> Callable:
+  """The compiled call: one ``lax.scan`` of ``train_step`` over the K rows of a batch.
 
-
-def _single(state, summary, batch, images, do_d: bool, do_g: bool, *, step_fn):
-  """One iteration, ``do_d`` and ``do_g`` fixed (a straight-line program)."""
-  assert batch.shape[0] == 1, f"a call without a loop takes one batch, got {batch.shape[0]}"
-  state, m = step_fn(state, _real(batch, 0, images), do_d, do_g)
-  return state, summaries.accumulate(summary, state.step, m, do_d, do_g)
-
-
-def _iterations(state, summary, batch, images, *, step_fn, d_every: int, g_every: int,
-                hide_trip_count: bool):
-  """``len(batch)`` iterations of ``step_fn`` as one compiled loop on this replica.
-
-  ``do_d`` and ``do_g`` are computed from the state's step inside the loop (a
-  ``lax.cond`` when ``d_every`` / ``g_every`` > 1).
+  ``call(state, summary, batch, images)`` runs one iteration per row of
+  ``batch`` ((K, host_batch, ...) images, or index rows into the device-kept
+  ``images``) and returns (state, summary with every iteration merged in).
   """
-  def body(i, carry):
-    state, summary = carry
-    do_d = True if d_every == 1 else state.step % d_every == 0
-    do_g = True if g_every == 1 else state.step % g_every == 0
-    state, m = step_fn(state, _real(batch, i, images), do_d, do_g)
-    return state, summaries.accumulate(summary, state.step, m, do_d, do_g)
-
-  n = batch.shape[0]
-  if hide_trip_count:
-    # A trip count XLA cannot see keeps the loop a loop for every K (K = 1
-    # included), so the iteration compiles the same way whatever K is, and
-    # one call of K steps gives bit-identical parameters to K calls of one.
-    n = lax.optimization_barrier(jnp.int32(n))
-  return lax.fori_loop(0, n, body, (state, summary))
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-  """The compiled training call of ``make_step`` and how to feed it.
-
-  Attributes:
-    runner: places the state, batches and images (``parallel.Runner``).
-    compiled: the mapped, jitted function behind ``call``.
-    summary: ``summaries.empty()`` on the devices, to start from and reset to.
-    flags: training step -> the static arguments ``compiled`` takes after the
-      images for a call starting there ((do_d, do_g), or none).
-  """
-
-  runner: parallel.Runner
-  compiled: Callable
-  summary: Any
-  flags: Callable[[int], tuple]
-
-  def call(self, state, summary, batch, images, step: int):
-    """One iteration per row of ``batch`` (placed by ``runner.put_batch``).
-
-    Args:
-      state: the device state (donated).
-      summary: the summary to accumulate into (``self.summary`` to start anew).
-      batch: (K, host_batch, ...) images, or index rows into ``images``.
-      images: None, or the device-resident images (``runner.put_copies``).
-      step: the training step of the first iteration.
-
-    Returns:
-      (new device state, new summary).
-    """
-    return self.compiled(state, summary, batch, images, *self.flags(step))
-
-
-_ROLES = ("replicated", "replicated", "batch", "copies")
-
-
-def make_step(config, *, loop: bool | None = None) -> Step:
-  """Builds the training call for ``config`` (models, wrapper, ``d_every``/``g_every``).
-
-  Args:
-    config: the model keys, dtype, conv_impl, sync_batch_stats, ema_decay, loss,
-      diffaugment, d_every, g_every, parallel, steps_per_call.
-    loop: run a call's iterations as one compiled loop (``lax.fori_loop``;
-      default: when ``steps_per_call`` > 1). Without it a call is one
-      iteration, compiled once per (do_d, do_g) it meets: a straight-line
-      program, which XLA:CPU runs several times faster than the same step
-      inside a loop (bench/README.md, "Training loop").
-
-  Returns:
-    A ``Step``; its ``call`` compiles on first use.
-  """
-  runner = parallel.make_runner(config.parallel)
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
-  step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator,
-                              nz=config.nz, ema_decay=config.ema_decay, loss=config.loss,
-                              diffaugment=augment.parse(config.diffaugment))
-  summary = runner.put_state(summaries.empty(config.loss))
-  if loop is None:
-    loop = config.steps_per_call > 1
-  if loop:
-    fn = runner.compile(functools.partial(
-        _iterations, step_fn=step_fn, d_every=config.d_every, g_every=config.g_every,
-        hide_trip_count=jax.default_backend() == "cpu"), _ROLES)
-    return Step(runner, fn, summary, lambda step: ())
-  fn = runner.compile(functools.partial(_single, step_fn=step_fn),
-                      (*_ROLES, "static", "static"))
-  return Step(runner, fn, summary,
-              lambda step: (step % config.d_every == 0, step % config.g_every == 0))
+  step = functools.partial(train_step, generator=generator, discriminator=discriminator,
+                           nz=config.nz, ema_decay=config.ema_decay, loss=config.loss,
+                           diffaugment=augment.parse(config.diffaugment))
+
+  def iterations(state, summary, batch, images):
+    def body(carry, rows):
+      state, summary = carry
+      real = rows if images is None else device_input.gather(images, rows)
+      do_d = True if config.d_every == 1 else state.step % config.d_every == 0
+      do_g = True if config.g_every == 1 else state.step % config.g_every == 0
+      state, m = step(state, real, do_d, do_g)
+      return (state, summaries.accumulate(summary, state.step, m, do_d, do_g)), None
+    # XLA:CPU runs a loop's body several times slower than the same code
+    # straight (bench/README.md, "Training loop"), so there the K iterations
+    # are unrolled (with K = 1 XLA drops the loop on every backend).
+    return lax.scan(body, (state, summary), batch, unroll=jax.default_backend() == "cpu")[0]
+
+  return runner.compile(iterations, ("replicated", "replicated", "batch", "copies"))
+
+
+# --- the periodic work, one function each -------------------------------------
+
+def log_step(writer, step: int, total: int, host_summary, clock: console.Clock) -> None:
+  """Scalars to TensorBoard and one console line."""
+  scalars = summaries.host_scalars(host_summary)
+  rate, eta = clock.lap(step)
+  if rate is not None:
+    scalars.update(imgs_per_sec=rate, steps_per_sec=rate / clock.batch_size)
+  writer.write_scalars(step, scalars)
+  logging.info("%s", console.step_line(step, total, scalars, rate, eta))
+
+
+def write_grids(writer, workdir: str, step: int, generator, state, fixed_z, real,
+                config) -> None:
+  """Samples from the fixed noise and a grid of real images, to TensorBoard and PNG."""
+  variables = sampling.prepare(generator, sampling_variables(state), config)
+  grids = {"samples": sampling.make_grid(sampling.sample(generator, variables, fixed_z)),
+           "real": sampling.make_grid(real)}
+  writer.write_images(step, {k: v[None] for k, v in grids.items()})
+  for name, grid in grids.items():
+    sampling.save_png(f"{workdir}/samples/{name}_{step:07d}.png", grid)
+  logging.info("Grid: %s/samples/samples_%07d.png", workdir, step)
+
+
+def save_checkpoint(ckpts, state, config, steps_per_epoch: int, nan_hint: str) -> str:
+  """Saves the host ``state`` (never a non-finite one); returns its folder."""
+  step = int(state.step)
+  guards.check_state_finite(state, step, nan_hint, before_raise=ckpts.wait)
+  with guards.checkpoint_writes(ckpts, step):
+    path = ckpts.save(state, config, {"steps_per_epoch": steps_per_epoch})
+  logging.info("Checkpoint: step %d -> %s", step, path)
+  return path
+
+
+def _already_trained(config, start: int, total: int | None) -> bool:
+  if total is None or start < total:
+    return False
+  logging.info("Already trained to step %d (%s); raise num_train_steps or num_epochs to "
+               "train on.", start, schedule.describe_length(config, total))
+  return True
+
+
+def _stopped_early(stop: preemption.StopSignal, start: int) -> bool:
+  if not stop.should_stop(sync=True):
+    return False
+  logging.warning("Stopped by %s during start-up, before training step %d: nothing new to "
+                  "save. Rerun with the same workdir to %s.", stop.name or "another host",
+                  start + 1, f"resume from step {start}" if start else "start")
+  return True
 
 
 def train_and_evaluate(config, workdir: str) -> GANState:
-  """Trains the GAN described by ``config``, writing summaries to ``workdir``.
+  """Trains the GAN of ``config`` into ``workdir``, resuming from its checkpoints.
 
   Args:
     config: an ml_collections ConfigDict (every key: dcgan_jax/defaults.py).
-    workdir: where TensorBoard events, sample grids and checkpoints go. A
-      workdir holding checkpoints is resumed from the latest one; one already
-      trained to the config's length is left as it is.
+    workdir: TensorBoard events, sample grids and checkpoints. A workdir
+      already trained to the config's length is left as it is.
 
   Returns:
-    The final (unreplicated) training state. On SIGTERM/SIGINT, the state
-    saved at the step where training stopped.
+    The final host state; on SIGTERM/SIGINT, the state saved where it stopped.
   """
+  from clu import metric_writers  # noqa: PLC0415 (TensorFlow: the training loop only)
+
+  from dcgan_jax.metrics import evaluate, fid  # noqa: PLC0415
+  chief = jax.process_index() == 0
+  nan_hint = (f" Lower the learning rates (lr_d={config.lr_d}, lr_g={config.lr_g})"
+              f"{' or train in float32' if config.dtype != 'float32' else ''}.")
   with contextlib.ExitStack() as stack:
-    run = periodic.Run(config, workdir, stack)  # checks config, data and workdir first
+    # A signal from here on ends the run cleanly; bad input fails before compiling.
+    stop = stack.enter_context(preemption.StopSignal())
+    config_lib.validate(config)
+    input_pipeline.check_dataset(config.dataset)
+    workdir_lib.check(workdir)
+    lock = stack.enter_context(workdir_lib.lock(workdir, holder=chief))
+    ckpts = stack.enter_context(guards.closing(checkpoints.Checkpoints(
+        f"{workdir}/{checkpoints.CHECKPOINT_DIR}", max_to_keep=config.max_to_keep)))
     state, saved = checkpoints.restore_or_init(
-        run.ckpts, create_train_state(config, jax.random.PRNGKey(config.seed)), config)
+        ckpts, create_train_state(config, jax.random.PRNGKey(config.seed)), config)
     start = int(state.step)
-    if run.finished(start, periodic.known_length(saved, config)) or run.stopped_early(start):
+    if (_already_trained(config, start, schedule.known_length(config, saved))
+        or _stopped_early(stop, start)):
       return state
+
     inp = input_pipeline.create_input(config, start_step=start)
-    total = config_lib.train_length(config, inp.steps_per_epoch)
-    if run.finished(start, total):
+    plan = schedule.Schedule.of(config, inp.steps_per_epoch)
+    if _already_trained(config, start, plan.total):
       return state
-    config_lib.check_call_boundaries(config, total,
-                                     checkpoints.save_every_steps(config, inp.steps_per_epoch))
-    step = make_step(config)
-    feed = device_input.feed(config, inp, step.runner, start, total)
-    stack.callback(feed.close)
-    run.start(inp, start, total, step, feed, saved["message"] if saved else "A new run.")
-    if run.stopped_early(start):
+    runner = parallel.make_runner(config.parallel)
+    train_call = make_train_call(config, runner)
+    empty_summary = runner.put_state(summaries.empty(config.loss))
+    feed = stack.enter_context(device_input.feed(config, inp, runner, start, plan.total))
+    writer = stack.enter_context(guards.closing(metric_writers.create_default_writer(
+        workdir, just_logging=not chief)))
+    evaluator = best = None
+    if chief and config.fid.eval_every:
+      evaluator = fid.Evaluator.create(config, workdir)
+      # Orbax saves are collective and only the chief scores FID: the best
+      # checkpoint is kept by single-process runs.
+      if evaluator is not None and jax.process_count() == 1:
+        best = stack.enter_context(guards.closing(evaluate.BestFid(workdir)))
+    sampler = make_models(config)[0]
+    fixed_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (config.num_plot, config.nz))
+    lock.announce()
+    console.print_header(config, workdir, inp, start, plan, evaluator is not None,
+                         saved["message"] if saved else "A new run.")
+    if _stopped_early(stop, start):
       return state
-    pstate, summary = step.runner.put_state(state), step.summary
-    del state
-    done, stopped = start, False
-    for done, host, batch in feed.calls:
-      pstate, summary = step.call(pstate, summary, batch, feed.images, done - len(host))
-      summary, stopped = run.after_call(done, pstate, summary, host)
-      if stopped:
+
+    t_start, clock = time.perf_counter(), console.Clock(plan.total, config.batch_size)
+    pstate, summary = runner.put_state(state), empty_summary
+    step, stopping, last_save, fid_planned = start, False, None, evaluator is None
+    for step, host, batch in feed:
+      pstate, summary = train_call(pstate, summary, batch, feed.images)
+      if clock.start_step is None:  # the first call compiled: time from its end
+        jax.block_until_ready(pstate)
+        clock.start(step)
+      due = plan.due(step)
+      # Hosts agree on a stop where they sync anyway, at the logging steps.
+      stopping = stop.should_stop(sync=step % config.log_every == 0)
+      if due or stopping:  # the same steps on every host: all stop together on a NaN
+        host_summary = runner.get(summary)
+        guards.check_finite(host_summary["nonfinite"], nan_hint, before_raise=ckpts.wait)
+      if due.log:
+        log_step(writer, step, plan.total, host_summary, clock)
+        summary = empty_summary
+        if not fid_planned and clock.secs_per_step() is not None:
+          plan = plan.with_fid(evaluate.plan_fid(config, evaluator, clock.secs_per_step()))
+          fid_planned = True
+      host_state = functools.cache(lambda p=pstate: runner.get(p))  # read at most once
+      if due.grid and chief:
+        write_grids(writer, workdir, step, sampler, host_state(), fixed_z,
+                    feed.real_images(host), config)
+      if due.fid and evaluator is not None:
+        evaluate.write_fid(writer, evaluator, step, sampler, host_state(), best, config)
+      if due.save or stopping:
+        last_save = save_checkpoint(ckpts, host_state(), config, inp.steps_per_epoch, nan_hint)
+      if stopping:
         break
-    run.finish(done, stopped)
-    return step.runner.get(pstate)
+
+    with guards.checkpoint_writes(ckpts, step):
+      ckpts.wait()
+    if stopping:
+      logging.warning("Stopped by %s after step %d; checkpoint saved to %s. Rerun with the "
+                      "same workdir to resume.", stop.name or "another host", step, last_save)
+    else:
+      logging.info("%s", console.done_line(step, time.perf_counter() - t_start, last_save,
+                                           f"{workdir}/samples"))
+    if inp.skipped:
+      logging.warning("Input: %s.", input_pipeline.format_skipped(inp.skipped, inp.num_files))
+    return runner.get(pstate)

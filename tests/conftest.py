@@ -65,3 +65,11 @@ def shared_faces():
   if not os.path.isdir(SHARED_FACES):
     pytest.skip("../shared/data/anime-faces-96 is absent (fresh clone)")
   return SHARED_FACES
+
+
+def train_call(config):
+  """(runner, the compiled call, the empty summary placed) as train_and_evaluate builds them."""
+  from dcgan_jax import parallel, summaries, train
+  runner = parallel.make_runner(config.parallel)
+  return runner, train.make_train_call(config, runner), runner.put_state(
+      summaries.empty(config.loss))

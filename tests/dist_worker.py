@@ -19,10 +19,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from conftest import tiny_config  # noqa: E402
+from conftest import tiny_config, train_call  # noqa: E402
 
 from dcgan_jax import parallel, train  # noqa: E402
-from dcgan_jax.data import input_pipeline
+from dcgan_jax.data import input_pipeline  # noqa: E402
 from dcgan_jax.state import create_train_state  # noqa: E402
 
 
@@ -45,14 +45,14 @@ def steps(out: str):
   batches = [next(batches) for _ in range(3)]
   result = {}
   for kind, sync in (("pmap", True), ("shard_map", True), ("pmap", False)):
-    step = train.make_step(tiny_config(batch_size=32, g_every=2, init_scheme="dcgan",
-                                       parallel=kind, sync_batch_stats=sync))
-    state = step.runner.put_state(init)
+    runner, call, empty = train_call(tiny_config(batch_size=32, g_every=2, init_scheme="dcgan",
+                                                 parallel=kind, sync_batch_stats=sync))
+    state = runner.put_state(init)
     # Per-device statistics: one step shows the difference.
     for i, batch in enumerate(batches if sync else batches[:1]):
-      state, _ = step.call(state, step.summary, step.runner.put_batch(batch[None]), None, i)
+      state, _ = call(state, empty, runner.put_batch(batch[None]), None)
       name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
-      result.update({f"{name}/{k}": v for k, v in flat(step.runner.get(state)).items()})
+      result.update({f"{name}/{k}": v for k, v in flat(runner.get(state)).items()})
   np.savez(out, **result)
 
 

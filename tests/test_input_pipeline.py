@@ -5,6 +5,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
+from dcgan_jax import errors
 from dcgan_jax.data import input_pipeline
 
 
@@ -83,10 +84,10 @@ def test_hosts_read_disjoint_shards():
 
 
 def test_clear_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="nope.*does not exist"):
+  with pytest.raises(errors.DataError, match="nope.*does not exist"):
     input_pipeline.list_image_files(str(tmp_path / "nope"))
   (tmp_path / "f.jpg").write_bytes(b"x")
-  with pytest.raises(NotADirectoryError, match="f.jpg.*not a folder"):
+  with pytest.raises(errors.DataError, match="f.jpg.*not a folder"):
     input_pipeline.list_image_files(str(tmp_path / "f.jpg"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no images"):

@@ -46,7 +46,7 @@ def test_main_trains_and_writes_summaries_and_grids(tmp_path, monkeypatch):
 
 
 def test_mistyped_config_key_is_named(tmp_path, monkeypatch):
-  with pytest.raises(Exception, match="batchsize"):
+  with pytest.raises(AttributeError, match="batchsize"):
     _run_main(["--config=configs/demo.py", f"--workdir={tmp_path}",
                "--config.batchsize=8"], monkeypatch)
 
@@ -103,7 +103,7 @@ def test_a_demo_run_prints_a_short_readable_console_and_tensorboard_gets_everyth
   assert not re.search(r"orbax|checkpoint_manager|oneDNN|absl::|xla_bridge", text), text
   tags = _scalar_tags(tmp_path)
   for tag in ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "imgs_per_sec",
-              "steps_per_sec", "uptime", "samples", "real"):
+              "steps_per_sec", "samples", "real"):
     assert tag in tags, sorted(tags)
   assert tags["loss_d"] == [50, 60]
 
@@ -115,7 +115,7 @@ def test_verbose_brings_the_library_lines_back(tmp_path):
                      timeout=600, check=False)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "checkpoint_manager.py" in r.stderr and "Config:" in r.stderr
-  assert re.search(r"^I\d{4} .*train|^I\d{4} .*periodic", r.stderr, re.M)
+  assert re.search(r"^I\d{4} .*train\.py", r.stderr, re.M)
 
 
 def test_rerunning_a_finished_run_says_so_in_one_line_and_exits_0(tmp_path):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config, tiny_config
+from conftest import load_config, tiny_config, train_call
 
 from dcgan_jax import augment, checkpoints, config_lib, losses, models, train
 from dcgan_jax.data import input_pipeline
@@ -90,12 +90,12 @@ def test_spectral_norm_divides_d_kernels_by_their_largest_singular_value():
 
 def _one_call(config, k: int = 1):
   state = create_train_state(config, _key(0))
-  step = train.make_step(config)
+  runner, call, empty = train_call(config)
   batches = input_pipeline.create_input(config).batches
-  batch = step.runner.put_batch(np.stack([next(batches) for _ in range(k)]))
-  new, summary = step.call(step.runner.put_state(state), step.summary, batch, None, 0)
+  batch = runner.put_batch(np.stack([next(batches) for _ in range(k)]))
+  new, summary = call(runner.put_state(state), empty, batch, None)
   from dcgan_jax import summaries
-  return state, step.runner.get(new), summaries.host_scalars(step.runner.get(summary))
+  return state, runner.get(new), summaries.host_scalars(runner.get(summary))
 
 
 @pytest.mark.parametrize("kind,dtype,per_call", [

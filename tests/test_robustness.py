@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from dcgan_jax import guards, train
+from dcgan_jax import errors, guards, train, workdir
 from dcgan_jax.data import input_pipeline, synthetic
 from dcgan_jax.state import create_train_state
 
@@ -231,9 +231,9 @@ def test_folder_without_a_readable_image_fails_before_compiling(tmp_path, monkey
   with pytest.raises(ValueError, match=r"no readable image below .*bad.*skipped 8 of 8.*"
                      r"Expected a folder of JPEG/PNG images"):
     train.train_and_evaluate(tiny_config(dataset=str(tmp_path / "bad")), str(tmp_path / "w"))
-  with pytest.raises(FileNotFoundError, match="nope.*does not exist.*data/README"):
+  with pytest.raises(errors.DataError, match="nope.*does not exist.*data/README"):
     train.train_and_evaluate(tiny_config(dataset=str(tmp_path / "nope")), str(tmp_path / "w"))
-  with pytest.raises(NotADirectoryError, match="zero.jpg.*is a file.*folder"):
+  with pytest.raises(errors.DataError, match="zero.jpg.*is a file.*folder"):
     train.train_and_evaluate(tiny_config(dataset=str(tmp_path / "bad" / "zero.jpg")),
                              str(tmp_path / "w"))
 
@@ -404,20 +404,20 @@ def test_the_first_non_finite_step_is_kept_with_its_losses():
 
 def test_unwritable_workdir_fails_at_start_naming_it(tmp_path, monkeypatch):
   (tmp_path / "file").write_text("x")
-  with pytest.raises(OSError, match=r"workdir .*file/run.* not a writable folder"):
-    guards.check_workdir(str(tmp_path / "file" / "run"))
+  with pytest.raises(errors.WorkdirError, match=r"workdir .*file/run.* not a writable folder"):
+    workdir.check(str(tmp_path / "file" / "run"))
   monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
   ro = tmp_path / "ro"
   ro.mkdir()
-  real = guards.tempfile.NamedTemporaryFile
+  real = workdir.tempfile.NamedTemporaryFile
 
   def read_only(*a, dir=None, **kw):  # noqa: A002 (the tempfile keyword)
     if dir == str(ro):
       raise PermissionError(13, "Permission denied", dir)
     return real(*a, dir=dir, **kw)
 
-  monkeypatch.setattr(guards.tempfile, "NamedTemporaryFile", read_only)
-  with pytest.raises(PermissionError, match=r"workdir .*ro' is not a writable folder "
+  monkeypatch.setattr(workdir.tempfile, "NamedTemporaryFile", read_only)
+  with pytest.raises(errors.WorkdirError, match=r"workdir .*ro' is not a writable folder "
                                             r"\(Permission denied\).*--workdir"):
     train.train_and_evaluate(tiny_config(), str(ro))
 
@@ -464,13 +464,13 @@ def test_a_second_run_on_a_live_workdir_fails_naming_the_process(tmp_path):
 
   from conftest import ROOT
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom dcgan_jax import guards\n"
-       "with guards.lock_workdir(sys.argv[1]) as lock:\n  lock.announce()\n"
+      [sys.executable, "-c", "import sys, time\nfrom dcgan_jax import workdir\n"
+       "with workdir.lock(sys.argv[1]) as lock:\n  lock.announce()\n"
        "  print('locked', flush=True)\n  time.sleep(600)\n", str(tmp_path)],
       cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(guards.WorkdirInUseError,
+    with pytest.raises(errors.WorkdirError,
                        match=rf"workdir '{tmp_path}' is in use by another training run "
                              rf"\(pid {holder.pid} on host .*\). Wait for it to finish or "
                              "stop it, or pass another --workdir"):
@@ -483,5 +483,5 @@ def test_a_second_run_on_a_live_workdir_fails_naming_the_process(tmp_path):
   state = train.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path))
   assert int(state.step) == 1
   # Hosts of one run share the workdir: only the chief holds the lock.
-  with guards.lock_workdir(str(tmp_path)), guards.lock_workdir(str(tmp_path), holder=False):
+  with workdir.lock(str(tmp_path)), workdir.lock(str(tmp_path), holder=False):
     pass

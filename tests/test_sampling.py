@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from PIL import Image
 
-from dcgan_jax import train
+from dcgan_jax import errors, train
 from dcgan_jax.pytorch import archive, original
 from dcgan_jax.samples import generate, sampling
 from dcgan_jax.state import create_train_state, make_models
@@ -109,9 +109,9 @@ def test_generate_and_interpolate_from_a_checkpoint_and_from_torch_files(tmp_pat
   torch_grid = np.asarray(Image.open(generate.run(torch_config, str(tmp_path / "t"), "generate")))
   np.testing.assert_array_equal(torch_grid, grid)
 
-  with pytest.raises(FileNotFoundError, match="Train first"):
+  with pytest.raises(errors.CheckpointError, match="Train first"):
     generate.run(config, str(tmp_path / "empty"), "generate")
-  with pytest.raises(ValueError, match="both"):
+  with pytest.raises(errors.ConfigError, match="both"):
     generate.run(_gen_config(torch_netg="x.pth"), str(tmp_path / "t"), "generate")
 
 

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import COMPILATIONS, tiny_config
+from conftest import COMPILATIONS, tiny_config, train_call
 
-from dcgan_jax import summaries, train
+from dcgan_jax import summaries
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.state import create_train_state
 
@@ -18,21 +18,22 @@ def _setup(d_every: int = 1, g_every: int = 1):
   config = tiny_config(d_every=d_every, g_every=g_every)
   state = create_train_state(config, jax.random.PRNGKey(0))
   batch = next(input_pipeline.create_input(config).batches)
-  return state, train.make_step(config), batch
+  return state, train_call(config), batch
 
 
 def _calls(step, state, batches, per_call: int = 1):
-  """Runs ``batches`` through ``step``, ``per_call`` per call.
+  """Runs ``batches`` through ``step`` (``train_call``'s), ``per_call`` per call.
 
   Returns:
     (the final host state, the scalars read after each call).
   """
-  pstate, logs = step.runner.put_state(state), []
+  runner, call, empty = step
+  pstate, logs = runner.put_state(state), []
   for i in range(0, len(batches), per_call):
-    batch = step.runner.put_batch(np.stack(batches[i:i + per_call]))
-    pstate, summary = step.call(pstate, step.summary, batch, None, int(state.step) + i)
-    logs.append(summaries.host_scalars(step.runner.get(summary)))
-  return step.runner.get(pstate), logs
+    pstate, summary = call(pstate, empty, runner.put_batch(np.stack(batches[i:i + per_call])),
+                           None)
+    logs.append(summaries.host_scalars(runner.get(summary)))
+  return runner.get(pstate), logs
 
 
 def _max_abs_diff(a, b):
@@ -88,23 +89,20 @@ def test_step_is_deterministic():
 
 @pytest.mark.parametrize(  # 1000: G at step 0 only, a traced cond
     "g_every", [1, pytest.param(1000, marks=pytest.mark.slow)])
-def test_k_steps_per_call_are_bit_identical_to_one_per_call(g_every):
-  state, single, _ = _setup(g_every=g_every)
-  looped = train.make_step(tiny_config(g_every=g_every), loop=True)
+def test_k_steps_per_call_match_one_per_call(g_every):
+  state, step, _ = _setup(g_every=g_every)
   inp = input_pipeline.create_input(tiny_config())
   batches = [next(inp.batches) for _ in range(8)]
-  one, logs_one = _calls(looped, state, batches, per_call=1)
-  four, logs_four = _calls(looped, state, batches, per_call=4)
-  for x, y in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(four), strict=True):
-    assert x.dtype == y.dtype and np.array_equal(x, y)
+  one, logs_one = _calls(step, state, batches, per_call=1)
+  four, logs_four = _calls(step, state, batches, per_call=4)
+  # The same iterations; XLA compiles the unrolled call's arithmetic with other
+  # rounding (1.1e-6 here after 8 steps; a skipped or repeated update is ~1e-3).
+  assert _max_abs_diff(one, four) < 1e-5
   assert int(four.step) == 8 and int(four.g.step) == (8 if g_every == 1 else 1)
   # The summary of a call of four is the mean of the four single steps.
   for k in logs_four[0]:
     ran = [m[k] for m in logs_one[:4] if k in m]
     assert logs_four[0][k] == pytest.approx(np.mean(ran), rel=1e-5)
-  # The straight-line step of steps_per_call=1 (no loop) agrees to float rounding.
-  straight, _ = _calls(single, state, batches, per_call=1)
-  assert _max_abs_diff(straight, four) < 1e-5
 
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])
@@ -113,14 +111,13 @@ def test_the_step_compiles_once(kind):
   # make the second step compile again (and the first logged img/s wrong);
   # a batch placed by a new pmap per call compiled that pmap every step.
   config = tiny_config(parallel=kind)
-  step = train.make_step(config)
-  state = step.runner.put_state(create_train_state(config, jax.random.PRNGKey(0)))
+  runner, train_fn, summary = train_call(config)
+  state = runner.put_state(create_train_state(config, jax.random.PRNGKey(0)))
   batches = input_pipeline.create_input(config).batches
-  summary = step.summary
 
   def call(state, summary):
-    batch = step.runner.put_batch(next(batches)[None])  # a new batch every step
-    return step.call(state, summary, batch, None, 0)
+    batch = runner.put_batch(next(batches)[None])  # a new batch every step
+    return train_fn(state, summary, batch, None)
 
   before = len(COMPILATIONS)
   state, summary = call(state, summary)

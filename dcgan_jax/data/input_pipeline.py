@@ -1,31 +1,16 @@
-"""Training images: a folder, a TFDS dataset, or the synthetic faces.
+"""Training images from a folder, TFDS or the synthetic faces: the one place that knows them.
 
-Every path yields host batches of shape (local_batch, S, S, 3), float32 in
-[-1, 1], where local_batch = batch_size / jax.process_count() and each host
-reads its own shard of the images.
+Every source yields host batches (batch_size / process_count, S, S, 3) of
+float32 in [-1, 1], each host reading its own shard. An epoch visits a
+permutation drawn from (seed, epoch), cut to whole batches, so batch k is a
+pure function of k and a resumed run sees the batches it would have seen.
 
-Order. The images of an epoch are visited in a permutation drawn from
-(seed, epoch), cut to a whole number of batches (the original's drop_last);
-batch k of the run is therefore a pure function of k, so a resumed run that
-starts at step k sees exactly the batches it would have seen (``start_step``).
-
-Bad files. Every file is first probed (``probe_image``: a regular, non-empty
-file whose header Pillow reads as JPEG/PNG/GIF/BMP/WebP of at most
-``MAX_PIXELS`` pixels); files that fail, and files whose data then fails to
-decode, are skipped and named in one warning (``Input.skipped`` lists them).
-Odd but valid images (grayscale, palette, RGBA, CMYK, 16-bit, 1x1, 4000x20)
-are converted. In memory, a skipped file simply leaves the dataset; streamed,
-a file that passed the probe but fails to decode is replaced in its batch by
-a repeat of another image of that batch, so batch k stays a function of k.
-
-Paths:
-  * in memory (``cache=True``, the default, and the synthetic set): a folder
-    is decoded once (tf.data, in parallel) into a uint8 array; batches are
-    then gathered with numpy. This path itself needs no TensorFlow.
-  * streaming (``cache=False``): tf.data decodes every batch from disk.
-  * ``tfds:NAME``: a prepared TFDS dataset, split 'train', feature 'image'.
-
-TensorFlow is imported lazily and never sees a GPU.
+Folders are probed file by file (``probe_image``: the header only); what
+fails to probe or decode is skipped and named in one warning. In memory
+(``cache=True``, synthetic, TFDS) the images are decoded once to a uint8
+array; streamed (``cache=False``), tf.data decodes each batch and a file that
+fails to decode is replaced by another image of its batch. TensorFlow is
+imported only by the paths that decode, and never sees a GPU.
 """
 
 from __future__ import annotations
@@ -40,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from absl import logging
 
+from dcgan_jax.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # What tf.io.decode_image reads (Pillow's names); other data is skipped.
 DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
@@ -47,35 +34,41 @@ DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 # and decoding what it claims would take gigabytes.
 MAX_PIXELS = 1 << 26
 SKIPPED_NAMES_SHOWN = 5
+SYNTHETIC_SEED = 1234  # the synthetic faces are the same set in every run
+
+
+def source(dataset: str) -> str:
+  """The kind of ``config.dataset``: 'synthetic', 'tfds' ('tfds:NAME') or 'folder'."""
+  if dataset == "synthetic":
+    return "synthetic"
+  return "tfds" if dataset.startswith("tfds:") else "folder"
 
 
 @dataclasses.dataclass
 class Input:
-  """A training input: an endless iterator of host batches."""
+  """This host's training input: an endless iterator of host batches, and what it read."""
 
   batches: Iterator[np.ndarray]
   num_examples: int       # images in the whole dataset (all hosts)
   steps_per_epoch: int
   description: str
-  # (path, reason) of every file skipped so far; the streaming path appends
-  # files whose data fails to decode as it meets them.
+  # (path, reason); streaming appends the files that fail to decode as it meets them.
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   num_files: int = 0      # files this host listed, skipped ones included
-  # The in-memory paths' uint8 (N, S, S, 3) images of this host, which
-  # ``batches`` gathers from (for ``device_input``); None when streaming.
+  # uint8 (N, S, S, 3) images of this host that ``batches`` gathers from; None streamed.
   images: np.ndarray | None = None
 
 
 def list_image_files(path: str) -> list[str]:
   """All images below ``path`` (any depth), sorted; a clear error otherwise."""
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise DataError(
         f"dataset folder {path!r} does not exist. Put images (.jpg/.jpeg/.png, "
         "any depth) in a folder such as data/face/ and pass "
         "--config.dataset=PATH (see data/README.md), or use "
         "--config.dataset=synthetic.")
   if not os.path.isdir(path):
-    raise NotADirectoryError(
+    raise DataError(
         f"dataset {path!r} is a file, not a folder. Pass the folder holding "
         "the images (.jpg/.jpeg/.png, any depth), e.g. data/face.")
   files = []
@@ -84,7 +77,7 @@ def list_image_files(path: str) -> list[str]:
                  if n.lower().endswith(IMAGE_EXTENSIONS))
   files.sort()
   if not files:
-    raise ValueError(
+    raise DataError(
         f"no images (.jpg/.jpeg/.png) found below {path!r}. Expected a folder "
         "of images at any depth, e.g. data/face/00001.jpg.")
   return files
@@ -166,15 +159,11 @@ def format_skipped(skipped: Sequence[tuple[str, str]], total: int) -> str:
 def check_dataset(dataset: str) -> None:
   """Fails fast (before any compilation) when a folder dataset is unusable.
 
-  Args:
-    dataset: config.dataset; 'synthetic' and 'tfds:NAME' are not checked.
-
   Raises:
-    FileNotFoundError, NotADirectoryError, ValueError: naming the path and
-    the expected layout, when it is missing, a plain file, or holds no
-    image whose header reads.
+    DataError: naming the path and the expected layout, when a folder is
+      missing, a plain file, or holds no image whose header reads.
   """
-  if dataset == "synthetic" or dataset.startswith("tfds:"):
+  if source(dataset) != "folder":
     return
   files = list_image_files(dataset)
   reasons = []
@@ -185,8 +174,8 @@ def check_dataset(dataset: str) -> None:
   raise _no_readable_image(dataset, reasons, len(files))
 
 
-def _no_readable_image(dataset: str, skipped, total: int) -> ValueError:
-  return ValueError(
+def _no_readable_image(dataset: str, skipped, total: int) -> DataError:
+  return DataError(
       f"no readable image below {dataset!r}: {format_skipped(skipped, total)}. "
       "Expected a folder of JPEG/PNG images at any depth, e.g. data/face/00001.jpg.")
 
@@ -324,7 +313,7 @@ def _stream_batches(files: Sequence[str], image_size: int, batch: int,
       elif last is not None:  # nothing decoded: train on the last good batch
         images = last
       else:
-        raise ValueError(f"no image of batch {k} decodes and no earlier batch "
+        raise DataError(f"no image of batch {k} decodes and no earlier batch "
                          f"exists to stand in: {format_skipped(new, batch)}")
     last = images
     if new and (k + 1) % steps_per_epoch == 0:
@@ -335,8 +324,8 @@ def _stream_batches(files: Sequence[str], image_size: int, batch: int,
     yield to_float(images)
 
 
-def _tfds_images(name: str, image_size: int, process_index: int,
-                 process_count: int) -> np.ndarray:
+def _tfds_images(name: str, image_size: int, process_index: int = 0,
+                 process_count: int = 1) -> np.ndarray:
   tf = _tf()
   import tensorflow_datasets as tfds  # noqa: PLC0415
   # drop_remainder: every host gets as many images, so all agree on the steps
@@ -352,10 +341,10 @@ def _tfds_images(name: str, image_size: int, process_index: int,
 def _rgb(tf, img):
   """uint8 RGB from a TFDS image of 1, 3 or 4 channels."""
   img = tf.image.convert_image_dtype(img, tf.uint8)
-  # TFDS images have a static channel count; branching on it in the graph
-  # would trace grayscale_to_rgb on 3-channel images, which fails.
+  # Branching on the channel count in the graph would trace grayscale_to_rgb
+  # on 3-channel images, which fails; TFDS images have a static one.
   c = img.shape[-1]
-  if c is None:  # a dynamic one: gray is tiled, alpha dropped
+  if c is None:
     return tf.cond(tf.equal(tf.shape(img)[-1], 1), lambda: tf.tile(img, [1, 1, 3]),
                    lambda: img[..., :3])
   return tf.image.grayscale_to_rgb(img) if c == 1 else img[..., :3]
@@ -363,16 +352,13 @@ def _rgb(tf, img):
 
 def create_input(config, *, start_step: int = 0, process_index: int | None = None,
                  process_count: int | None = None) -> Input:
-  """Builds this host's training input from ``config``.
+  """This host's training input of ``config`` (dataset, image_size, batch_size, seed, cache).
 
   Args:
-    config: needs dataset, image_size, batch_size, seed, cache, synthetic_size.
+    config: the run's config.
     start_step: the first batch to yield (resume).
     process_index: this host (default ``jax.process_index()``).
-    process_count: number of hosts (default ``jax.process_count()``).
-
-  Returns:
-    An ``Input`` with host batches of batch_size / process_count images.
+    process_count: hosts (default ``jax.process_count()``).
   """
   import jax  # noqa: PLC0415
 
@@ -380,26 +366,65 @@ def create_input(config, *, start_step: int = 0, process_index: int | None = Non
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   batch = parallel.split_batch(config.batch_size, process_count)[0]
-  size, seed, dataset = config.image_size, config.seed, config.dataset
-
-  if dataset == "synthetic":
+  kind, size = source(config.dataset), config.image_size
+  if kind == "folder":
+    return _folder_input(config, batch, start_step, process_index, process_count)
+  if kind == "synthetic":
     from dcgan_jax.data import synthetic  # noqa: PLC0415
-    images = synthetic.make_faces(config.synthetic_size, size, seed=1234)
-    total = len(images)
+    total = config.synthetic_size
     # Every host keeps as many images, so all take as many steps per epoch.
+    images = synthetic.make_faces(total, size, seed=SYNTHETIC_SEED)
     images = images[process_index::process_count][: total // process_count]
     desc = f"{total} synthetic faces"
-  elif dataset.startswith("tfds:"):
-    images = _tfds_images(dataset[5:], size, process_index, process_count)
-    total = len(images) * process_count  # equal shares (drop_remainder)
-    desc = f"TFDS {dataset[5:]!r}"
   else:
-    return _folder_input(config, batch, start_step, process_index, process_count)
+    images = _tfds_images(config.dataset[5:], size, process_index, process_count)
+    total = len(images) * process_count  # equal shares (drop_remainder)
+    desc = f"TFDS {config.dataset[5:]!r}"
+  _check_steps(len(images) // batch, total, config.batch_size, desc)
+  return Input(array_batches(images, batch, config.seed, start_step), total,
+               len(images) // batch, desc + " (in memory)", images=images)
 
-  steps = len(images) // batch
-  _check_steps(steps, total, config.batch_size, desc)
-  return Input(array_batches(images, batch, seed, start_step), total, steps,
-               desc + " (in memory)", images=images)
+
+def reference_subset(num: int, total: int) -> np.ndarray:
+  """The indices of a fixed subset of ``num`` of ``total`` images (-1 or more: all)."""
+  if num < 0 or num >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(0).permutation(total)[:num])
+
+
+def reference_identity(config, num: int) -> tuple[str, int, int] | None:
+  """(dataset identity, images in it, images in the reference subset), decoding nothing.
+
+  None for TFDS, whose size is known once loaded.
+  """
+  kind = source(config.dataset)
+  if kind == "tfds":
+    return None
+  if kind == "synthetic":
+    total, name = config.synthetic_size, f"synthetic:{config.synthetic_size}"
+  else:
+    total, name = len(list_image_files(config.dataset)), os.path.abspath(config.dataset)
+  return name, total, len(reference_subset(num, total))
+
+
+def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
+  """A fixed subset of ``num`` of every host's images, as the model sees them.
+
+  Returns:
+    (uint8 (n, S, S, 3) images, the dataset's identity, images in the dataset).
+  """
+  kind, size = source(config.dataset), config.image_size
+  if kind == "synthetic":
+    from dcgan_jax.data import synthetic  # noqa: PLC0415
+    total = config.synthetic_size
+    images = synthetic.make_faces(total, size, seed=SYNTHETIC_SEED)
+    return images[reference_subset(num, total)], f"synthetic:{total}", total
+  if kind == "tfds":
+    images = _tfds_images(config.dataset[5:], size)
+    return images[reference_subset(num, len(images))], config.dataset, len(images)
+  files = list_image_files(config.dataset)
+  chosen = [files[i] for i in reference_subset(num, len(files))]
+  return load_images(chosen, size), os.path.abspath(config.dataset), len(files)
 
 
 def _folder_input(config, batch: int, start_step: int, process_index: int,
@@ -420,7 +445,7 @@ def _folder_input(config, batch: int, start_step: int, process_index: int,
   if config.cache:
     images = load_images(files, size, skipped)
     if not len(images):
-      raise ValueError(f"no image below {dataset!r} decodes: "
+      raise DataError(f"no image below {dataset!r} decodes: "
                        f"{format_skipped(skipped, per_host)}.")
     if process_count > 1:
       images = images[np.arange(per_host) % len(images)]
@@ -442,5 +467,5 @@ def _folder_input(config, batch: int, start_step: int, process_index: int,
 
 def _check_steps(steps: int, total: int, batch_size: int, desc: str):
   if steps < 1:
-    raise ValueError(f"{desc}: fewer images ({total}) than config.batch_size="
+    raise DataError(f"{desc}: fewer images ({total}) than config.batch_size="
                      f"{batch_size}; lower the batch size or add images.")

@@ -1,15 +1,10 @@
 """Scoring generators: FID/KID of a state, the best-FID checkpoint, ``--mode=eval``.
 
-``--mode=eval`` scores ``config.fid.num_samples`` samples of G -- the EMA
-generator when the run kept one (``config.ema_decay > 0``), and then G
-without EMA as well -- against the training images (reference features
-cached in the workdir), and prints ``fid=<value>`` / ``kid=<value>`` lines
-(``fid_no_ema=`` / ``kid_no_ema=`` too with EMA). The model sizes come from
-the checkpoint. With ``config.fid.save_samples`` the uint8 NHWC samples
-scored are written to ``<workdir>/samples.npy`` (``samples_no_ema.npy``).
-
-During training, ``write_fid`` scores the state every ``fid.eval_every``
-steps and ``BestFid`` keeps the checkpoint with the lowest FID so far.
+``--mode=eval`` scores ``fid.num_samples`` samples of the latest checkpoint's
+G (the EMA G when the run kept one, then G itself too) against the training
+images and prints ``fid=`` / ``kid=`` lines (``fid_no_ema=`` / ``kid_no_ema=``).
+During training ``write_fid`` scores the state and ``BestFid`` keeps the
+checkpoint with the lowest FID so far.
 """
 
 from __future__ import annotations
@@ -70,14 +65,14 @@ class BestFid:
     if not value < self.fid:
       return False
     self.fid, self.step = float(value), int(state.step)
-    path = self.ckpts.save(state, config)
+    path = self.ckpts.save(state, config, {})
     with open(self.record + ".tmp", "w") as f:
       json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
     os.replace(self.record + ".tmp", self.record)
     logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
     return True
 
-  def close(self):
+  def close(self) -> None:
     self.ckpts.close()
 
 

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from dcgan_jax.data import input_pipeline
 from dcgan_jax.metrics import inception
 from dcgan_jax.samples import sampling
 
@@ -145,58 +146,6 @@ def generate_images(generator, variables, num: int, nz: int, seed: int = 0,
   return np.concatenate(out)[:num]
 
 
-def _subset(num: int, total: int) -> np.ndarray:
-  """The reference subset: all (num -1 or >= total), else a fixed random subset."""
-  if num < 0 or num >= total:
-    return np.arange(total)
-  return np.sort(np.random.default_rng(0).permutation(total)[:num])
-
-
-def reference_key(config, num: int) -> tuple[str, int, int] | None:
-  """(dataset identity, images in the dataset, reference images) without decoding.
-
-  None for TFDS datasets (their size is known once loaded).
-  """
-  from dcgan_jax.data import input_pipeline  # noqa: PLC0415
-  dataset = config.dataset
-  if dataset == "synthetic":
-    total = config.synthetic_size
-    return f"synthetic:{total}", total, len(_subset(num, total))
-  if dataset.startswith("tfds:"):
-    return None
-  total = len(input_pipeline.list_image_files(dataset))
-  return os.path.abspath(dataset), total, len(_subset(num, total))
-
-
-def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
-  """The training images FID compares against, as the model sees them.
-
-  Args:
-    config: dataset, image_size, synthetic_size.
-    num: how many (-1 or more than there are: all), a fixed random subset.
-
-  Returns:
-    (uint8 (n, S, S, 3) images, a dataset identity for the cache key, total
-    images in the dataset).
-  """
-  from dcgan_jax.data import input_pipeline  # noqa: PLC0415
-
-  size, dataset = config.image_size, config.dataset
-  if dataset == "synthetic":
-    from dcgan_jax.data import synthetic  # noqa: PLC0415
-    total = config.synthetic_size
-    images = synthetic.make_faces(total, size, seed=1234)[_subset(num, total)]
-    return images, f"synthetic:{total}", total
-  if dataset.startswith("tfds:"):
-    images = input_pipeline._tfds_images(dataset[5:], size, 0, 1)
-    total = len(images)
-    return images[_subset(num, total)], dataset, total
-  files = input_pipeline.list_image_files(dataset)
-  total = len(files)
-  chosen = [files[i] for i in _subset(num, total)]
-  return input_pipeline.load_images(chosen, size), os.path.abspath(dataset), total
-
-
 def _weights_id(path: str) -> str:
   st = os.stat(path)
   return f"{os.path.basename(path)}:{st.st_size}"
@@ -243,7 +192,7 @@ class Evaluator:
 
   def reference_cost(self) -> int:
     """Images the reference features still need (0 once cached; TFDS: unknown, 0)."""
-    key = reference_key(self.config, self.config.fid.num_ref)
+    key = input_pipeline.reference_identity(self.config, self.config.fid.num_ref)
     if self._ref is not None or key is None or os.path.exists(self._cache_path(*key)):
       return 0
     return key[2]
@@ -261,14 +210,14 @@ class Evaluator:
     if self._ref is not None:
       return self._ref
     num = self.config.fid.num_ref
-    key = reference_key(self.config, num)  # no decoding when the cache has them
+    key = input_pipeline.reference_identity(self.config, num)  # decodes nothing
     path = self._cache_path(*key) if key else None
     if path and os.path.exists(path):
       with np.load(path) as z:
         self._ref = z["features"]
       logging.info("FID reference features of %s from %s", key[0], path)
     else:
-      images, dataset_id, total = reference_images(self.config, num)
+      images, dataset_id, total = input_pipeline.reference_images(self.config, num)
       path = path or self._cache_path(dataset_id, total, len(images))
       t = time.perf_counter()
       self._ref = self.extract(images)

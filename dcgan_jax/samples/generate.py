@@ -15,6 +15,7 @@ import ml_collections
 from absl import logging
 
 from dcgan_jax import checkpoints
+from dcgan_jax.errors import ConfigError
 from dcgan_jax.samples import sampling
 from dcgan_jax.state import make_models, sampling_variables
 
@@ -41,7 +42,7 @@ def load_models(config, workdir: str) -> Models:
   """
   if config.torch_netg or config.torch_netd:
     if not (config.torch_netg and config.torch_netd):
-      raise ValueError("pass both --config.torch_netg=PATH and --config.torch_netd=PATH "
+      raise ConfigError("pass both --config.torch_netg=PATH and --config.torch_netd=PATH "
                        "(generate ranks G's samples with D).")
     from dcgan_jax.pytorch import original  # noqa: PLC0415
     cfg = ml_collections.ConfigDict(config.to_dict())

@@ -1,10 +1,4 @@
-"""Sampling from G and turning images into grids and PNG files.
-
-One sampling path (``sample``: G in inference mode, BatchNorm running
-averages) serves the training-time grids, generate and evaluation.
-``standing_stats`` can first replace those averages by BigGAN's "standing
-statistics" of the very parameters sampled (``config.standing_stats``).
-"""
+"""Sampling G (grids, generate, evaluation) and D's scores, and images as grids and PNGs."""
 
 from __future__ import annotations
 
@@ -16,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dcgan_jax.errors import ConfigError
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -47,24 +43,12 @@ def _batch_stats_of(generator, variables, z) -> dict:
 
 
 def standing_stats(generator, variables, rng, num: int, batch: int = 256) -> dict:
-  """G's ``variables`` with BatchNorm statistics recomputed for its parameters.
+  """G's ``variables`` with BigGAN's standing statistics (Brock et al. 2019, section 4).
 
-  BigGAN's "standing statistics" (Brock et al. 2019, section 4): G runs in
-  training mode on ``num`` noise draws, ``batch`` at a time, and each
-  BatchNorm's running mean and variance become the averages of the batch
-  statistics it normalised with. The running averages training keeps lag
-  behind the parameters, and an EMA of G averages statistics of parameters
-  other than its own; these are the statistics of the parameters sampled.
-
-  Args:
-    generator: the G module.
-    variables: its {'params', 'batch_stats'}.
-    rng: PRNGKey for the noise.
-    num: noise draws, rounded down to whole batches (at least one).
-    batch: draws per training-mode pass (``num`` when smaller).
-
-  Returns:
-    {'params': the same params, 'batch_stats': the standing statistics}.
+  G runs in training mode on ``num`` noise draws, ``batch`` at a time, and each
+  BatchNorm's mean and variance become the averages of the batch statistics it
+  normalised with: the statistics of the parameters sampled, where the running
+  averages lag behind them and an EMA's average other parameters'.
   """
   batch = min(batch, num)
   per_batch = [
@@ -76,12 +60,8 @@ def standing_stats(generator, variables, rng, num: int, batch: int = 256) -> dic
 
 
 def prepare(generator, variables, config) -> dict:
-  """G's ``variables`` as every sampling path uses them (``config.standing_stats``).
-
-  With ``standing_stats`` > 0 their BatchNorm statistics are replaced by the
-  standing statistics of that many noise draws (always the same draws, so the
-  same variables give the same samples); with 0 they are returned as they are.
-  """
+  """G's ``variables`` as every sampling path uses them: with standing statistics of
+  ``config.standing_stats`` draws (always the same draws), or as they are (0)."""
   if config.standing_stats <= 0:
     return variables
   return standing_stats(generator, variables, jax.random.PRNGKey(config.seed + 3),
@@ -128,23 +108,12 @@ def discriminate(discriminator, variables, images):
 def generate(generator, g_variables, discriminator, d_variables, rng, *, nz: int,
              search_num: int = 512, num: int = 64, mean: float = 0.0, std: float = 1.0,
              chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
-  """The original's generate: ``search_num`` samples, the ``num`` D likes best.
-
-  Args:
-    generator, g_variables: G and its variables (inference mode: running averages).
-    discriminator, d_variables: D and its variables.
-    rng: PRNGKey for the noise.
-    nz: latent size.
-    search_num: samples drawn, noise ~ N(mean, std).
-    num: samples kept.
-    mean, std: the noise distribution.
-    chunk: samples per G/D call (bounds memory).
-
-  Returns:
-    (images (num, S, S, 3) in [-1, 1], best first; their D scores (num,)).
-  """
+  """The original's generate: ``search_num`` samples of N(mean, std) noise, the ``num``
+  D scores highest, best first, as (images in [-1, 1], their scores); ``chunk``
+  bounds the samples per call."""
   if not 1 <= num <= search_num:
-    raise ValueError(f"gen_num={num} must be between 1 and gen_search_num={search_num}.")
+    raise ConfigError(f"config.gen_num={num}: must be between 1 and config.gen_search_num="
+                      f"{search_num}.")
   z = mean + std * jax.random.normal(rng, (search_num, nz))
   images, scores = [], []
   for i in range(0, search_num, chunk):
@@ -157,15 +126,8 @@ def generate(generator, g_variables, discriminator, d_variables, rng, *, nz: int
 
 
 def slerp(a, b, t):
-  """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1) along the great circle.
-
-  Args:
-    a, b: (..., nz) end points.
-    t: (T,) fractions.
-
-  Returns:
-    (..., T, nz); straight-line interpolation where a and b are (anti)parallel.
-  """
+  """(..., T, nz) points from ``a`` (t=0) to ``b`` (t=1) along the great circle
+  (the straight line where they are (anti)parallel)."""
   a, b = np.asarray(a, np.float64)[..., None, :], np.asarray(b, np.float64)[..., None, :]
   t = np.asarray(t, np.float64)[:, None]
   cos = np.sum(a * b, -1, keepdims=True) / (
@@ -180,15 +142,9 @@ def slerp(a, b, t):
 
 def interpolation_latents(rng, *, nz: int, rows: int, steps: int, mean: float = 0.0,
                           std: float = 1.0) -> np.ndarray:
-  """Latent rows walking between random pairs of points.
-
-  Rows come in pairs sharing end points: the first walks in a straight line,
-  the second along the sphere (slerp), which keeps the norm typical of the
-  Gaussian prior in between.
-
-  Returns:
-    (rows * steps, nz): row-major, ready for ``sample`` and ``make_grid(ncol=steps)``.
-  """
+  """(rows * steps, nz) latents walking between random points, row-major; rows come
+  in pairs sharing end points, one straight, one along the sphere (slerp keeps
+  the norm typical of the Gaussian prior)."""
   pairs = (rows + 1) // 2
   ends = np.asarray(mean + std * jax.random.normal(rng, (2, pairs, nz)))
   t = np.linspace(0.0, 1.0, steps)
