@@ -9,17 +9,22 @@ the step itself: batch k is a pure function of k.
 
 Saves are asynchronous and atomic: orbax writes ``<step>.orbax-checkpoint-tmp-*``
 and renames it when complete, so a process killed mid-save leaves the earlier
-checkpoints intact; the next run removes the stray folder.
+checkpoints intact; the next run removes the stray folder. A checkpoint that
+cannot be read all the same (a damaged disk, a half-copied workdir) is passed
+over for the newest that restores (``newest_readable``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from dcgan_jax import state as state_lib
 from dcgan_jax.errors import CheckpointError
@@ -27,6 +32,7 @@ from dcgan_jax.errors import CheckpointError
 CHECKPOINT_DIR = "checkpoints"
 # The config keys a checkpoint's arrays depend on: a mismatch cannot restore.
 MODEL_KEYS = ("nz", "ngf", "ndf", "image_size", "d_spectral_norm", "d_batch_norm")
+UNREADABLE = ".unreadable"  # the suffix of a step folder set aside
 
 
 def _ocp():
@@ -46,9 +52,11 @@ class Checkpoints:
   def __init__(self, directory: str, max_to_keep: int | None = None,
                read_only: bool = False):
     ocp = _ocp()
-    self.directory = os.path.abspath(directory)
+    self.directory, self.read_only = os.path.abspath(directory), read_only
+    # Not orbax's read_only, which logs warnings on every open: reading opens
+    # nothing, deletes nothing and keeps everything.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
+        max_to_keep=None if read_only else max_to_keep, create=not read_only,
         cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -67,20 +75,6 @@ class Checkpoints:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
-
-  def step_or_latest(self, step: int | None) -> int:
-    """``step`` if it was saved, else the latest; ``CheckpointError`` if there is none."""
-    steps = self.all_steps()
-    if step is None and steps:
-      return steps[-1]
-    if step is None or step not in steps:
-      raise CheckpointError(f"no checkpoint{'' if step is None else f' for step {step}'} in "
-                            f"{self.directory} (steps there: {steps}).")
-    return step
-
   def step_path(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
@@ -91,6 +85,7 @@ class Checkpoints:
     buffer donation); the write finishes in the background (``wait``).
     """
     ocp = _ocp()
+    assert not self.read_only, "a read-only Checkpoints saves nothing"
     step = int(state.step)
     tree = jax.device_get(flax.serialization.to_state_dict(state))
     self._manager.save(step, force=True, args=ocp.args.Composite(
@@ -119,6 +114,16 @@ class Checkpoints:
     ocp = _ocp()
     return self._manager.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.JsonRestore()}))[item]
+
+  def set_aside(self, step: int) -> str:
+    """Renames the step folder ``<step>.unreadable`` (or ``.unreadable.N``); its new path."""
+    path = target = self.step_path(step)
+    n = 1
+    while os.path.exists(target := f"{path}{UNREADABLE}{f'.{n}' if n > 1 else ''}"):
+      n += 1
+    os.rename(path, target)
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     """Blocks until the last save is on disk."""
@@ -152,43 +157,115 @@ def check_config(saved: dict[str, Any], config, where: str) -> None:
         f"the checkpoint {where} was trained with other model sizes: "
         f"{', '.join(f'{k}={a} (config: {b})' for k, (a, b) in diff.items())}. "
         "Pass the checkpoint's values (e.g. --config.ngf=...) or use another workdir.")
+  if (saved["ema_decay"] > 0) != (config.ema_decay > 0):
+    raise CheckpointError(
+        f"the checkpoint {where} was trained with ema_decay={saved['ema_decay']} (config: "
+        f"{config.ema_decay}): its state {'holds' if saved['ema_decay'] > 0 else 'has no'} an "
+        "EMA of G. Pass --config.ema_decay to match, or use another workdir.")
 
 
-def open_for_reading(path: str) -> tuple[Checkpoints, int]:
-  """A read-only ``Checkpoints`` for ``path`` (see ``locate``) and its step."""
+def _quiet_closed_loop() -> None:
+  """Drops the "Event loop is closed" errors a failed restore leaves behind.
+
+  Orbax closes its event loop at the first failed read while tensorstore's
+  other reads of that checkpoint still complete into it, each reporting an
+  unraisable RuntimeError: dozens of tracebacks that say nothing more.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+      previous(unraisable)
+  hook.quiet_closed_loop = True
+  sys.unraisablehook = hook
+
+
+def _why(e: BaseException) -> str:
+  """An error's first line, short enough for a log line."""
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def newest_readable(ckpts: Checkpoints, restore: Callable[[int], Any], *,
+                    only: int | None = None) -> tuple[int, Any] | None:
+  """(step, ``restore(step)``) of the newest checkpoint that restores; None if none exists.
+
+  A newer checkpoint that fails (any orbax or tensorstore error: a damaged
+  file, a missing item, arrays of another shape) is named in a warning and,
+  unless ``ckpts`` is read-only, set aside as ``<step>.unreadable`` (never
+  deleted). ``CheckpointError`` (other model sizes: a person's choice) is
+  raised as it is; ``only`` tries that one step.
+
+  Raises:
+    CheckpointError: listing each checkpoint and why, when none restores;
+      nothing is then renamed.
+  """
+  failed = []
+  for step in [only] if only is not None else reversed(ckpts.all_steps()):
+    try:
+      result = restore(step)
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+      _quiet_closed_loop()
+      failed.append((step, _why(e)))
+      continue
+    for bad, why in failed:
+      aside = None if ckpts.read_only else ckpts.set_aside(bad)
+      logging.warning("Checkpoint %s cannot be read (%s)%s; using step %d.",
+                      ckpts.step_path(bad), why, f"; moved to {aside}" if aside else "", step)
+    return step, result
+  if failed:
+    raise CheckpointError(
+        f"no checkpoint in {ckpts.directory} can be read: "
+        + "; ".join(f"step {s}: {why}" for s, why in failed)
+        + ". Nothing was changed: move the damaged step folders away, or pass another "
+        "--workdir.")
+  return None
+
+
+def open_for_reading(path: str) -> tuple[Checkpoints, int | None]:
+  """A read-only ``Checkpoints`` for ``path`` (see ``locate``) and the step it names."""
   directory, step = locate(path)
   ckpts = Checkpoints(directory, read_only=True)
-  return ckpts, ckpts.step_or_latest(step)
+  if not ckpts.all_steps():
+    ckpts.close()
+    raise CheckpointError(f"no checkpoint in {directory}.")
+  return ckpts, step
 
 
 def restore_or_init(ckpts: Checkpoints, state, config):
   """The state a training run starts from, and what its checkpoint recorded.
 
-  The latest checkpoint of the run's own folder (resume), else
+  The newest readable checkpoint of the run's own folder (resume), else
   ``config.init_from``'s (a new run from another's state), else ``state``.
 
   Returns:
     (host state, None for a fresh start or {'config', 'progress', 'message'}
     of the checkpoint, the message saying where the state comes from).
   """
-  if (step := ckpts.latest_step()) is not None:
-    return _restore_from(ckpts, step, state, config, "Resumed from step %d (%s).")
-  if config.init_from:
+  def restore(source: Checkpoints, message: str):
+    def one(step: int):
+      saved = {"config": source.config(step), "progress": source.progress(step),
+               "message": message % (step, source.step_path(step))}
+      check_config(saved["config"], config, source.step_path(step))
+      return source.restore(state, step), saved
+    return one
+
+  found = newest_readable(ckpts, restore(ckpts, "Resumed from step %d (%s)."))
+  if found is None and config.init_from:
     source, step = open_for_reading(config.init_from)
     with source:
-      return _restore_from(source, step, state, config, "Initialised from step %d of %s.")
-  return state, None
-
-
-def _restore_from(source: Checkpoints, step: int, state, config, message: str):
-  saved = {"config": source.config(step), "progress": source.progress(step),
-           "message": message % (step, source.step_path(step))}
-  check_config(saved["config"], config, source.step_path(step))
-  return source.restore(state, step), saved
+      found = newest_readable(source, restore(source, "Initialised from step %d of %s."),
+                              only=step)
+  return found[1] if found else (state, None)
 
 
 def restore_trained(config, workdir: str, hint: str):
-  """A trained run's latest checkpoint (``init_from``'s when set), for sampling or scoring.
+  """A trained run's newest readable checkpoint (``init_from``'s when set), for sampling.
 
   Args:
     config: the current config.
@@ -204,9 +281,13 @@ def restore_trained(config, workdir: str, hint: str):
     ckpts, step = open_for_reading(config.init_from or workdir)
   except CheckpointError as e:
     raise CheckpointError(f"{e} {hint}") from e
-  with ckpts:
+
+  def restore(step: int):
     saved = ckpts.config(step)
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.update({k: saved[k] for k in (*MODEL_KEYS, "dtype", "ema_decay")})
-    state = ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step)
+    return ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step), cfg
+
+  with ckpts:
+    step, (state, cfg) = newest_readable(ckpts, restore, only=step)
   return state, cfg, ckpts.step_path(step)

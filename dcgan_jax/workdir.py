@@ -17,6 +17,9 @@ LOCK_FILE = ".lock"
 
 def check(workdir: str) -> None:
   """Creates ``workdir`` if needed and proves it writable; ``WorkdirError`` naming it if not."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"workdir {workdir!r} is a file, not a folder; pass --workdir=PATH "
+                       "naming a folder (it is created if missing).")
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_") as f:

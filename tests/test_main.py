@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from absl import flags
+from absl import logging as absl_logging
 from conftest import ROOT
 from PIL import Image
 
@@ -20,6 +21,7 @@ def _run_main(argv, monkeypatch):
   import main
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
+  absl_logging.set_verbosity(absl_logging.INFO)  # parsing set it to --verbosity's WARNING
   main.main(["main.py"])
 
 
