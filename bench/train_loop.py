@@ -146,6 +146,8 @@ def measure(config, warmup_steps: int | None = None, workdir: str | None = None)
   if warmup_steps is None:
     warmup_steps = max(config.log_every, config.plot_every, config.save_every_steps)
   steady = [r for r in rec.rows if r["step"] > warmup_steps]
+  if len(steady) < 2:  # a run too short for a steady state: all its logged steps
+    steady = rec.rows
   first, last = steady[0], steady[-1]
   return {"imgs_per_s": (last["step"] - first["step"]) * config.batch_size
           / (last["t"] - first["t"]), "wall_s": wall, "steady": (first["step"], last["step"]),

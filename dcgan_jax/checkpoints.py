@@ -157,11 +157,12 @@ def check_config(saved: dict[str, Any], config, where: str) -> None:
         f"the checkpoint {where} was trained with other model sizes: "
         f"{', '.join(f'{k}={a} (config: {b})' for k, (a, b) in diff.items())}. "
         "Pass the checkpoint's values (e.g. --config.ngf=...) or use another workdir.")
-  if (saved["ema_decay"] > 0) != (config.ema_decay > 0):
+  if state_lib.ema_on(saved) != state_lib.ema_on(config):
     raise CheckpointError(
-        f"the checkpoint {where} was trained with ema_decay={saved['ema_decay']} (config: "
-        f"{config.ema_decay}): its state {'holds' if saved['ema_decay'] > 0 else 'has no'} an "
-        "EMA of G. Pass --config.ema_decay to match, or use another workdir.")
+        f"the checkpoint {where} was trained {'with' if state_lib.ema_on(saved) else 'without'}"
+        " an EMA of G (ema_decay or ema_kimg), the config "
+        f"{'without' if state_lib.ema_on(saved) else 'with'} one. Set them as the checkpoint "
+        "was trained, or use another workdir.")
 
 
 def _quiet_closed_loop() -> None:
@@ -273,8 +274,8 @@ def restore_trained(config, workdir: str, hint: str):
     hint: what to do when there is no checkpoint, appended to the error.
 
   Returns:
-    (state, ``config`` with the checkpoint's model keys, dtype and
-    ``ema_decay``, the checkpoint's folder).
+    (state, ``config`` with the checkpoint's model keys, dtype and EMA keys,
+    the checkpoint's folder).
   """
   import ml_collections  # noqa: PLC0415
   try:
@@ -285,7 +286,8 @@ def restore_trained(config, workdir: str, hint: str):
   def restore(step: int):
     saved = ckpts.config(step)
     cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.update({k: saved[k] for k in (*MODEL_KEYS, "dtype", "ema_decay")})
+    cfg.update({k: saved[k] for k in (*MODEL_KEYS, "dtype")})
+    cfg.ema_decay, cfg.ema_kimg = saved["ema_decay"], saved.get("ema_kimg", 0.0)
     return ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step), cfg
 
   with ckpts:

@@ -87,6 +87,11 @@ RULES: dict[str, tuple[Callable, str]] = {
     "diffaugment": (_parses(augment.parse), "'' or a comma-separated subset of "
                     + ", ".join(augment.POLICIES)),
     "ema_decay": ((lambda v: 0 <= v < 1), "a number in [0, 1) (0: no EMA)"),
+    "ema_kimg": ((lambda v: math.isfinite(v) and v >= 0),
+                 "a number of thousand images >= 0 (0: ema_decay decides)"),
+    "ema_rampup": ((lambda v: math.isfinite(v) and v >= 0), "a fraction >= 0 (0: none)"),
+    "r1_gamma": ((lambda v: math.isfinite(v) and v >= 0), "a weight >= 0 (0: off)"),
+    "r1_every": _at_least(1),
     "standing_stats": ((lambda v: v >= 0),
                        "an integer >= 0 (noise draws; 0: the running averages)"),
 }
@@ -179,6 +184,9 @@ def validate(config, device_count: int | None = None) -> None:
                     "0 (off) or a number of steps >= 1")
   if not bad:
     problems += schedule.problems(config)
+  if not bad and config.ema_decay > 0 and config.ema_kimg > 0:
+    problems.append(f"config.ema_kimg={config.ema_kimg}: the EMA's horizon is ema_kimg or "
+                    f"ema_decay (={config.ema_decay}), not both; set one of them to 0")
   if (not bad and config.input_on_device and not config.cache
       and input_pipeline.source(config.dataset) == "folder"):
     problems.append(

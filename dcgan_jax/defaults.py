@@ -81,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Generator EMA: an exponential moving average of G's params and BatchNorm
   # statistics, used for grids and evaluation when on (0 = off; e.g. 0.999).
   c.ema_decay = 0.0
+  # Or an EMA with a horizon in images (StyleGAN2-ADA): a half-life of ema_kimg
+  # thousand images, at most ema_rampup of the images seen so far (0 = off).
+  c.ema_kimg = 0.0
+  c.ema_rampup = 0.05
   # Sampling (grids, generate, interpolate, FID/KID): recompute G's BatchNorm
   # statistics for the very parameters sampled from this many noise draws
   # (BigGAN's "standing statistics"; sampling.standing_stats); 0: use the
@@ -95,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Differentiable augmentation of every image D sees (Zhao et al. 2020):
   # '' or a comma-separated subset of color, translation, cutout.
   c.diffaugment = ""
+  # R1 penalty on D's gradient at the real images (Mescheder et al. 2018), its
+  # weight gamma (0 = off), added every r1_every D steps, scaled by r1_every
+  # (StyleGAN2's lazy regularisation).
+  c.r1_gamma = 0.0
+  c.r1_every = 16
 
   # FID/KID with the FID Inception (see README "Sample quality").
   c.fid = ml_collections.ConfigDict()

@@ -35,7 +35,7 @@ class GANState(struct.PyTreeNode):
   rng: jax.Array    # uint32[2]: the run's base key; noise is fold_in(rng, step)
   g: NetState
   d: NetState
-  # EMA of G's {'params', 'batch_stats'} (config.ema_decay > 0), else None.
+  # EMA of G's {'params', 'batch_stats'} (``ema_on(config)``), else None.
   ema: Any = None
 
 
@@ -63,7 +63,7 @@ def create_train_state(config, rng) -> GANState:
   """Initialises both nets and their Adam optimizers.
 
   Args:
-    config: model sizes, lr_g, lr_d, beta1, beta2, ema_decay.
+    config: model sizes, lr_g, lr_d, beta1, beta2, the EMA keys.
     rng: a PRNGKey; the state keeps a key derived from it for the noise.
 
   Returns:
@@ -83,22 +83,37 @@ def create_train_state(config, rng) -> GANState:
     return state.replace(step=jnp.zeros((), jnp.int32))
 
   ema = None
-  if config.ema_decay > 0:
+  if ema_on(config):
     ema = jax.tree_util.tree_map(jnp.array, dict(g_vars))  # a copy, not an alias
   return GANState(step=jnp.zeros((), jnp.int32), rng=knoise,
                   g=net(g_vars, config.lr_g), d=net(d_vars, config.lr_d), ema=ema)
 
 
-def update_ema(ema, variables, decay: float, step):
-  """One EMA update towards G's ``variables`` after ``step`` + 1 iterations.
+def ema_on(config) -> bool:
+  """Whether the run keeps an EMA of G (``ema_decay`` or ``ema_kimg``; a dict or a config)."""
+  return config.get("ema_decay", 0) > 0 or config.get("ema_kimg", 0) > 0
 
-  The decay ramps up as TF's ExponentialMovingAverage with ``num_updates``
-  (``min(decay, (1 + n) / (10 + n))``) so short runs are not dominated by
-  the initial weights.
+
+def ema_beta(config, step):
+  """The EMA's decay in the update after iteration ``step`` (0-based, traced).
+
+  ``ema_kimg`` > 0: StyleGAN2-ADA's half-life of ``ema_kimg`` thousand images,
+  never longer than ``ema_rampup`` of the images seen so far. Else TF's
+  ``ExponentialMovingAverage(num_updates)``: ``min(ema_decay, (1 + n) / (10 + n))``.
+  Both keep short runs from being averaged back to the initial weights.
   """
   n = step.astype(jnp.float32)
-  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
-  return jax.tree_util.tree_map(lambda e, v: d * e + (1.0 - d) * v, ema, variables)
+  if config.ema_kimg > 0:
+    nimg = config.ema_kimg * 1000.0
+    if config.ema_rampup > 0:
+      nimg = jnp.minimum(nimg, n * config.batch_size * config.ema_rampup)
+    return 0.5 ** (config.batch_size / jnp.maximum(nimg, 1e-8))
+  return jnp.minimum(config.ema_decay, (1.0 + n) / (10.0 + n))
+
+
+def update_ema(ema, variables, beta):
+  """The EMA moved towards G's ``variables`` with decay ``beta``."""
+  return jax.tree_util.tree_map(lambda e, v: beta * e + (1.0 - beta) * v, ema, variables)
 
 
 def sampling_variables(state: GANState):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from jax import lax
 
@@ -38,6 +39,8 @@ from dcgan_jax.samples import sampling
 from dcgan_jax.state import (
   GANState,
   create_train_state,
+  ema_beta,
+  ema_on,
   make_models,
   sampling_variables,
   update_ema,
@@ -51,9 +54,16 @@ def _maybe(flag, update: Callable, carry, empty):
   return lax.cond(flag, update, lambda c: (c, empty), carry)
 
 
+def r1_penalty(run_d, x):
+  """R1 (Mescheder et al. 2018): the mean over images of |grad_x D(x)|^2 at the real ``x``."""
+  grad = jax.grad(lambda x: run_d(x).sum())(x)
+  return (grad.astype(jnp.float32) ** 2).sum(axis=(1, 2, 3)).mean()
+
+
 def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, nz: int,
-               axis_name: str = parallel.AXIS, ema_decay: float = 0.0, loss: str = "bce",
-               diffaugment: tuple[str, ...] = ()):
+               axis_name: str = parallel.AXIS, ema_beta: Callable | None = None,
+               loss: str = "bce", diffaugment: tuple[str, ...] = (), r1_gamma: float = 0.0,
+               r1_every: int = 1):
   """One GAN iteration on this replica's share of the batch.
 
   Args:
@@ -63,9 +73,11 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     generator, discriminator: the modules (BatchNorm over ``axis_name`` when synchronised).
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
-    ema_decay: if > 0, ``state.ema`` follows G (``update_ema``).
+    ema_beta: step -> the decay with which ``state.ema`` follows G (None: no EMA).
     loss: ``losses.LOSSES``.
     diffaugment: the transforms of every image D sees (``augment.parse``).
+    r1_gamma: the weight of ``r1_penalty`` in D's loss, added every ``r1_every``
+      D steps and scaled by it (StyleGAN2's lazy regularisation); 0: none.
 
   Returns:
     (new state, {'d': D's metrics, 'g': G's}) averaged over replicas; a net
@@ -101,14 +113,27 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     g = g.replace(batch_stats=g_upd["batch_stats"])
     fake = lax.stop_gradient(fake)
 
-    def d_loss(d_params):
-      # Two passes, as the original: BatchNorm sees real and fake apart.
-      logit_real, upd = run_d(d_params, d.batch_stats, seen(k_aug[0], real))
-      logit_fake, upd = run_d(d_params, upd.get("batch_stats", {}), seen(k_aug[1], fake))
-      return losses.d_loss(loss, logit_real, logit_fake), (
-          upd.get("batch_stats", {}), logit_real, logit_fake)
+    x_real = seen(k_aug[0], real)
 
-    (value, (d_stats, lr, lf)), grads = jax.value_and_grad(d_loss, has_aux=True)(d.params)
+    def d_loss(d_params, r1_weight=0.0):
+      # Two passes, as the original: BatchNorm sees real and fake apart.
+      logit_real, upd = run_d(d_params, d.batch_stats, x_real)
+      logit_fake, upd = run_d(d_params, upd.get("batch_stats", {}), seen(k_aug[1], fake))
+      value = losses.d_loss(loss, logit_real, logit_fake)
+      total = value
+      if r1_weight:  # one more pass on the reals, its BatchNorm statistics dropped
+        total += r1_weight * r1_penalty(lambda x: run_d(d_params, d.batch_stats, x)[0], x_real)
+      return total, (value, upd.get("batch_stats", {}), logit_real, logit_fake)
+
+    def d_grads(r1_weight):
+      return jax.grad(d_loss, has_aux=True)(d.params, r1_weight)
+
+    if r1_gamma > 0:
+      r1_weight = 0.5 * r1_gamma * r1_every
+      grads, (value, d_stats, lr, lf) = (d_grads(r1_weight) if r1_every == 1 else lax.cond(
+          d.step % r1_every == 0, lambda: d_grads(r1_weight), lambda: d_grads(0.0)))
+    else:
+      grads, (value, d_stats, lr, lf) = d_grads(0.0)
     d = d.apply_gradients(grads=mean(grads), batch_stats=d_stats)
     return (g, d), d_metrics.single_from_model_output(
         loss_d=mean(value), **{k: mean(v) for k, v in losses.d_outputs(loss, lr, lf).items()})
@@ -135,8 +160,8 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
   g = g.replace(batch_stats=mean(g.batch_stats))
   d = d.replace(batch_stats=mean(d.batch_stats))
   ema = state.ema
-  if ema_decay > 0:
-    ema = update_ema(ema, g.variables, ema_decay, state.step)
+  if ema_beta is not None:
+    ema = update_ema(ema, g.variables, ema_beta(state.step))
   return state.replace(step=state.step + 1, g=g, d=d, ema=ema), {"d": m_d, "g": m_g}
 
 
@@ -149,9 +174,11 @@ def make_train_call(config, runner: parallel.Runner) -> Callable:
   """
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
-  step = functools.partial(train_step, generator=generator, discriminator=discriminator,
-                           nz=config.nz, ema_decay=config.ema_decay, loss=config.loss,
-                           diffaugment=augment.parse(config.diffaugment))
+  step = functools.partial(
+      train_step, generator=generator, discriminator=discriminator, nz=config.nz,
+      ema_beta=functools.partial(ema_beta, config) if ema_on(config) else None,
+      loss=config.loss, diffaugment=augment.parse(config.diffaugment),
+      r1_gamma=config.r1_gamma, r1_every=config.r1_every)
 
   def iterations(state, summary, batch, images):
     def body(carry, rows):

@@ -1,4 +1,4 @@
-"""The modern recipe's switches: hinge loss, spectral norm, DiffAugment (issue 13)."""
+"""The recipe switches beyond the original: hinge, spectral norm, DiffAugment, R1, EMA."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ from conftest import load_config, tiny_config, train_call
 
 from dcgan_jax import augment, checkpoints, config_lib, losses, models, train
 from dcgan_jax.data import input_pipeline
-from dcgan_jax.state import create_train_state
+from dcgan_jax.state import create_train_state, ema_beta
 
 
 def test_the_losses_by_hand():
@@ -162,3 +162,66 @@ def test_the_modern_config_is_the_original_with_the_study_s_switches():
   assert (modern.beta1, modern.beta2, modern.lr_d, modern.lr_g) == (0.0, 0.9, 4e-4, 1e-4)
   assert (modern.ema_decay, modern.standing_stats) == (0.999, 4096)
   assert (modern.batch_size, modern.nz, modern.ngf, modern.ndf) == (256, 100, 64, 64)
+
+
+def test_r1_is_the_mean_squared_input_gradient_of_d_at_the_reals():
+  d = models.Discriminator(8, batch_norm=False)  # D(x_i) depends on x_i alone
+  x = jax.random.uniform(_key(1), (4, 96, 96, 3), minval=-1, maxval=1)
+  variables = d.init(_key(2), x)
+  got = train.r1_penalty(lambda x: d.apply(variables, x), x)
+  # By hand: each image's gradient of its own logit, squared and summed, averaged.
+  per_image = jax.vmap(jax.grad(lambda xi: d.apply(variables, xi[None])[0]))(x)
+  want = float(np.mean([np.sum(np.asarray(g, np.float64) ** 2) for g in per_image]))
+  assert want > 0 and float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_r1_enters_d_s_step_every_r1_every_d_steps_scaled_by_it():
+  plain = tiny_config(g_every=1000)
+  _, ref, _ = _one_call(plain)
+  with_r1 = tiny_config(g_every=1000, r1_gamma=10.0, r1_every=2)
+  _, lazy, _ = _one_call(with_r1)  # D's step 0: the penalty is added
+  diff = np.abs(np.asarray(lazy.d.params["conv0"]["kernel"] - ref.d.params["conv0"]["kernel"]))
+  assert diff.max() > 1e-6
+  # D's step 1 (its update count 1): no penalty, the plain step.
+  state = create_train_state(plain, _key(0))
+  at_1 = state.replace(d=state.d.replace(step=jnp.int32(1)))
+  outs = []
+  for config in (plain, with_r1):
+    runner, call, empty = train_call(config)
+    batch = runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
+    outs.append(runner.get(call(runner.put_state(at_1), empty, batch, None)[0]))
+  for a, b in zip(jax.tree_util.tree_leaves(outs[0].d.params),
+                  jax.tree_util.tree_leaves(outs[1].d.params), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,dtype,per_call", [
+    ("shard_map", "float32", 2), pytest.param("pmap", "bfloat16", 1, marks=pytest.mark.slow)])
+def test_r1_and_the_image_horizon_ema_train_with_every_wrapper_dtype_and_call_length(
+    kind, dtype, per_call):
+  config = tiny_config(r1_gamma=0.03, r1_every=1, ema_kimg=0.5, parallel=kind, dtype=dtype,
+                       steps_per_call=per_call, log_every=2, plot_every=2, num_train_steps=4,
+                       save_every_steps=2)
+  config_lib.validate(config, device_count=1)
+  old, new, m = _one_call(config, per_call)
+  assert all(np.isfinite(v) for v in m.values()) and int(new.step) == per_call
+  assert not np.array_equal(old.d.params["conv0"]["kernel"], new.d.params["conv0"]["kernel"])
+  # At step 0 the horizon is 0 images: the EMA is G itself.
+  if per_call == 1:
+    np.testing.assert_array_equal(new.ema["params"]["convt0"]["kernel"],
+                                  new.g.params["convt0"]["kernel"])
+
+
+def test_the_image_horizon_ema_ramps_up_with_the_images_seen():
+  config = tiny_config(ema_kimg=10.0, ema_rampup=0.05, batch_size=64)
+  beta = lambda n: float(ema_beta(config, jnp.int32(n)))
+  assert beta(0) == 0.0  # nothing seen: the average is G
+  # 1,000 steps of 64: 64,000 images, a horizon of min(10,000, 3,200) images.
+  assert beta(1000) == pytest.approx(0.5 ** (64 / 3200), rel=1e-6)
+  assert beta(10**6) == pytest.approx(0.5 ** (64 / 10000), rel=1e-6)  # the half-life
+  config.ema_rampup = 0.0
+  assert beta(0) == pytest.approx(0.5 ** (64 / 10000), rel=1e-6)
+  tf_ramp = tiny_config(ema_decay=0.999)
+  assert float(ema_beta(tf_ramp, jnp.int32(0))) == pytest.approx(0.1)
+  with pytest.raises(config_lib.ConfigError, match="ema_decay .*not both"):
+    config_lib.validate(tiny_config(ema_decay=0.99, ema_kimg=1.0), device_count=1)

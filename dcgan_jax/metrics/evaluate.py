@@ -20,7 +20,7 @@ from absl import logging
 from dcgan_jax import checkpoints, console
 from dcgan_jax.metrics import fid
 from dcgan_jax.samples import sampling
-from dcgan_jax.state import GANState, make_models, sampling_variables
+from dcgan_jax.state import GANState, ema_on, make_models, sampling_variables
 
 
 def score_state(evaluator, generator, state: GANState) -> tuple[dict, dict]:
@@ -102,12 +102,12 @@ def plan_fid(config, evaluator, secs_per_step: float) -> int:
   plus the reference features, once.
 
   Args:
-    config: fid.*, ema_decay, log_every.
+    config: fid.*, the EMA keys, log_every.
     evaluator: the run's ``fid.Evaluator``.
     secs_per_step: the training step's measured time, periodic work included.
   """
   per_image, ref_images = evaluator.secs_per_image(), evaluator.reference_cost()
-  images = config.fid.num_samples * (2 if config.ema_decay > 0 else 1)
+  images = config.fid.num_samples * (2 if ema_on(config) else 1)
   secs, ref = images * per_image, ref_images * per_image
   every = config.fid.eval_every
   if every < 0:
@@ -134,7 +134,7 @@ def restore_state(config, workdir: str):
 
   Returns:
     (the restored ``GANState``, the config to build the models with: the
-    checkpoint's model sizes, dtype and ``ema_decay``).
+    checkpoint's model sizes, dtype and EMA keys).
   """
   state, cfg, path = checkpoints.restore_trained(
       config, workdir, "Train first (--mode=train with this workdir) or point "
