@@ -1,7 +1,8 @@
 """dcgan_jax entry point.
 
     python main.py --config configs/anime.py --workdir runs/anime \
-        [--mode=train|eval|generate|interpolate] [--config.KEY=VALUE ...] [--verbose]
+        [--mode=train|eval|generate|interpolate|export_torch] [--config.KEY=VALUE ...]
+        [--verbose]
 
 On a cluster, start one process per host (docs/distributed.md).
 """
@@ -22,10 +23,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.",
                                 lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "interpolate"],
-                  "train (resumes from WORKDIR's checkpoints); eval: FID/KID of the latest "
-                  "checkpoint (fid=/kid= lines); or write WORKDIR/result.png "
-                  "(generate) / WORKDIR/interpolate.png from the trained model.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "generate", "interpolate", "export_torch"],
+                  "train (resumes from WORKDIR's checkpoints); eval: FID/KID of the newest "
+                  "checkpoint (fid=/kid= lines); generate / interpolate: WORKDIR/result.png "
+                  "/ interpolate.png; export_torch: WORKDIR/netg.pth and netd.pth for the "
+                  "PyTorch original.")
 flags.mark_flags_as_required(["config", "workdir"])
 flags.DEFINE_bool("verbose", False, "Show every library's log lines, the whole config, "
                   "and the traceback of an error.")

@@ -16,7 +16,6 @@ over for the newest that restores (``newest_readable``).
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from dcgan_jax import fs
 from dcgan_jax import state as state_lib
 from dcgan_jax.errors import CheckpointError
 
@@ -52,7 +52,7 @@ class Checkpoints:
   def __init__(self, directory: str, max_to_keep: int | None = None,
                read_only: bool = False):
     ocp = _ocp()
-    self.directory, self.read_only = os.path.abspath(directory), read_only
+    self.directory, self.read_only = fs.absolute(directory), read_only
     # Not orbax's read_only, which logs warnings on every open: reading opens
     # nothing, deletes nothing and keeps everything.
     options = ocp.CheckpointManagerOptions(
@@ -76,7 +76,7 @@ class Checkpoints:
     return sorted(self._manager.all_steps())
 
   def step_path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return fs.join(self.directory, step)
 
   def save(self, state, config, progress: dict) -> str:
     """Starts saving the host ``state`` at its step; returns the step folder.
@@ -117,11 +117,10 @@ class Checkpoints:
 
   def set_aside(self, step: int) -> str:
     """Renames the step folder ``<step>.unreadable`` (or ``.unreadable.N``); its new path."""
-    path = target = self.step_path(step)
-    n = 1
-    while os.path.exists(target := f"{path}{UNREADABLE}{f'.{n}' if n > 1 else ''}"):
+    path, n = self.step_path(step), 1
+    while fs.path(target := f"{path}{UNREADABLE}{f'.{n}' if n > 1 else ''}").exists():
       n += 1
-    os.rename(path, target)
+    fs.path(path).rename(target)
     self._manager.reload()
     return target
 
@@ -137,15 +136,20 @@ class Checkpoints:
 def locate(path: str) -> tuple[str, int | None]:
   """(checkpoints folder, step or None for the latest) of a workdir, its checkpoints
   folder or one step folder."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+  path = fs.absolute(path)
+  p = fs.path(path, "checkpoint path")
+  try:
+    found = p.exists()
+  except Exception as e:  # noqa: BLE001 (each filesystem raises its own kinds)
+    raise CheckpointError(f"checkpoint path {path!r} cannot be read "
+                          f"({fs.unreachable(path, e)}).") from e
+  if not found or not p.is_dir():
     raise CheckpointError(f"checkpoint path {path!r} does not exist: pass a workdir, its "
                           "checkpoints/ folder or a step folder in it.")
-  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-    return os.path.join(path, CHECKPOINT_DIR), None
-  name = os.path.basename(path)
-  if name.isdigit() and os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):
-    return os.path.dirname(path), int(name)
+  if (p / CHECKPOINT_DIR).is_dir():
+    return fs.join(path, CHECKPOINT_DIR), None
+  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists():
+    return path.rstrip("/").rsplit("/", 1)[0], int(p.name)
   return path, None
 
 

@@ -1,4 +1,11 @@
-"""The workdir: checked writable before anything is built, and locked while a run trains."""
+"""The workdir: checked writable before anything is built, and locked while a run trains.
+
+A local workdir is locked with an advisory ``flock`` on ``WORKDIR/.lock``,
+which the OS releases however the process ends. A bucket has no locks: there
+the run writes ``.lock`` as a note naming itself, warns when it finds another
+run's note, and deletes its own at the end (one run per bucket workdir is
+then up to the person starting them).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,11 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 
+from absl import logging
+
+from dcgan_jax import fs
 from dcgan_jax.errors import WorkdirError
 
 LOCK_FILE = ".lock"
@@ -17,45 +26,70 @@ LOCK_FILE = ".lock"
 
 def check(workdir: str) -> None:
   """Creates ``workdir`` if needed and proves it writable; ``WorkdirError`` naming it if not."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f"workdir {workdir!r} is a file, not a folder; pass --workdir=PATH "
-                       "naming a folder (it is created if missing).")
+  p = fs.path(workdir, "workdir")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_") as f:
-      f.write(b"ok")
-      f.flush()
-      os.fsync(f.fileno())
-  except OSError as e:
-    raise WorkdirError(
-        f"workdir {workdir!r} is not a writable folder ({e.strerror or e}); "
-        "pass --workdir=PATH naming a folder you can write to.") from e
+    if p.exists() and not p.is_dir():
+      raise WorkdirError(f"workdir {workdir!r} is a file, not a folder; pass --workdir=PATH "
+                         "naming a folder (it is created if missing).")
+    p.mkdir(parents=True, exist_ok=True)
+    probe = p / f".write_test_{socket.gethostname()}_{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+  except WorkdirError:
+    raise
+  except Exception as e:  # noqa: BLE001 (each filesystem raises its own kinds)
+    raise WorkdirError(f"workdir {workdir!r} is not a writable folder "
+                       f"({fs.unreachable(workdir, e)}); or pass another --workdir.") from e
+
+
+def _holder() -> dict:
+  return {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _describe(text: str) -> str:
+  who = json.loads(text) if text.strip().startswith("{") else {}
+  return (f"pid {who.get('pid', '?')} on host {who.get('host', '?')}, started "
+          f"{who.get('started', '?')}")
 
 
 class Lock:
   """Held by ``lock``; ``announce`` writes who holds it into the lock file."""
 
-  def __init__(self, fd: int | None):
-    self._fd = fd
+  def __init__(self, fd: int | None = None, note=None):
+    self._fd, self._note = fd, note
 
   def announce(self) -> None:
-    """Names this process in the lock file, for a second run's error."""
+    """Names this process in the lock file, for a second run's message."""
+    text = json.dumps(_holder())
     if self._fd is not None:
       os.ftruncate(self._fd, 0)
-      os.pwrite(self._fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+      os.pwrite(self._fd, text.encode(), 0)
+    elif self._note is not None:
+      self._note.write_text(text)
 
 
 @contextlib.contextmanager
 def lock(workdir: str, holder: bool = True):
-  """Holds ``WORKDIR/.lock`` (an advisory ``flock``, which the OS releases however the
-  process ends) while a run trains; only the chief of a multi-host run takes it.
+  """Holds the workdir while a run trains; only the chief of a multi-host run takes it.
 
   Raises:
-    WorkdirError: naming the live run that holds it.
+    WorkdirError: naming the live run that holds a local workdir.
   """
   if not holder:
-    yield Lock(None)
+    yield Lock()
+    return
+  if fs.is_remote(workdir):
+    note = fs.path(workdir) / LOCK_FILE
+    if note.exists():
+      logging.warning("Workdir %s has a lock note of another run (%s): a bucket cannot be "
+                      "locked, so make sure that run has ended before this one writes "
+                      "checkpoints there.", workdir, _describe(note.read_text()))
+    try:
+      yield Lock(note=note)
+    finally:
+      with contextlib.suppress(Exception):
+        note.unlink()
     return
   path = os.path.join(workdir, LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,13 +98,10 @@ def lock(workdir: str, holder: bool = True):
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       with open(path) as f:
-        held = f.read().strip()
-      who = json.loads(held) if held.startswith("{") else {}
+        held = f.read()
       raise WorkdirError(
-          f"workdir {workdir!r} is in use by another training run (pid "
-          f"{who.get('pid', '?')} on host {who.get('host', '?')}, started "
-          f"{who.get('started', '?')}). Wait for it to finish or stop it, or pass another "
-          "--workdir.") from None
+          f"workdir {workdir!r} is in use by another training run ({_describe(held)}). Wait "
+          "for it to finish or stop it, or pass another --workdir.") from None
     yield Lock(fd)
   finally:
     os.close(fd)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from etils import epath
 from PIL import Image
 
 from dcgan_jax import errors, guards, train, workdir
@@ -409,16 +410,17 @@ def test_unwritable_workdir_fails_at_start_naming_it(tmp_path, monkeypatch):
   monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
   ro = tmp_path / "ro"
   ro.mkdir()
-  real = workdir.tempfile.NamedTemporaryFile
+  local = type(epath.Path(str(ro)))
+  real = local.write_bytes
 
-  def read_only(*a, dir=None, **kw):  # noqa: A002 (the tempfile keyword)
-    if dir == str(ro):
-      raise PermissionError(13, "Permission denied", dir)
-    return real(*a, dir=dir, **kw)
+  def read_only(self, data):
+    if str(self.parent) == str(ro):
+      raise PermissionError(13, "Permission denied", str(self))
+    return real(self, data)
 
-  monkeypatch.setattr(workdir.tempfile, "NamedTemporaryFile", read_only)
+  monkeypatch.setattr(local, "write_bytes", read_only)
   with pytest.raises(errors.WorkdirError, match=r"workdir .*ro' is not a writable folder "
-                                            r"\(Permission denied\).*--workdir"):
+                                                r"\(Permission denied; .*--workdir"):
     train.train_and_evaluate(tiny_config(), str(ro))
 
 

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from absl import logging
 
+from dcgan_jax import fs
 from dcgan_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -60,21 +61,31 @@ class Input:
 
 
 def list_image_files(path: str) -> list[str]:
-  """All images below ``path`` (any depth), sorted; a clear error otherwise."""
-  if not os.path.exists(path):
+  """All images below ``path`` (any depth, a local folder or a URL), sorted; a clear error
+  otherwise."""
+  folder = fs.path(path, "dataset")
+  try:
+    exists = folder.exists()
+  except Exception as e:  # noqa: BLE001 (each filesystem raises its own kinds)
+    raise DataError(f"dataset {path!r} cannot be read ({fs.unreachable(path, e)}).") from e
+  if not exists:
     raise DataError(
         f"dataset folder {path!r} does not exist. Put images (.jpg/.jpeg/.png, "
         "any depth) in a folder such as data/face/ and pass "
         "--config.dataset=PATH (see data/README.md), or use "
         "--config.dataset=synthetic.")
-  if not os.path.isdir(path):
+  if not folder.is_dir():
     raise DataError(
         f"dataset {path!r} is a file, not a folder. Pass the folder holding "
         "the images (.jpg/.jpeg/.png, any depth), e.g. data/face.")
   files = []
-  for root, _, names in os.walk(path, followlinks=True):
-    files.extend(os.path.join(root, n) for n in names
-                 if n.lower().endswith(IMAGE_EXTENSIONS))
+  if fs.is_remote(path):  # named from the URL given, whatever the filesystem calls them
+    top = str(folder).rstrip("/")
+    walk = ((path.rstrip("/") + str(root)[len(top):], names) for root, _, names in folder.walk())
+  else:
+    walk = ((root, names) for root, _, names in os.walk(path, followlinks=True))
+  for root, names in walk:
+    files.extend(f"{root}/{n}" for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
   files.sort()
   if not files:
     raise DataError(
@@ -90,6 +101,8 @@ def probe_image(path: str) -> str | None:
     None for a regular, non-empty JPEG/PNG/GIF/BMP/WebP file of at most
     ``MAX_PIXELS`` pixels, else why it is skipped (a short phrase).
   """
+  if fs.is_remote(path):  # object stores hold plain files only
+    return _probe_header(path)
   try:
     st = os.stat(path)
   except OSError as e:
@@ -104,7 +117,7 @@ def probe_image(path: str) -> str | None:
 def _probe_header(path: str) -> str | None:
   from PIL import Image  # noqa: PLC0415 (only folders need Pillow)
   try:
-    with open(path, "rb") as fh:
+    with fs.path(path).open("rb") as fh:
       head = fh.read(64)
       fh.seek(0)
       with warnings.catch_warnings():
@@ -403,7 +416,7 @@ def reference_identity(config, num: int) -> tuple[str, int, int] | None:
   if kind == "synthetic":
     total, name = config.synthetic_size, f"synthetic:{config.synthetic_size}"
   else:
-    total, name = len(list_image_files(config.dataset)), os.path.abspath(config.dataset)
+    total, name = len(list_image_files(config.dataset)), fs.absolute(config.dataset)
   return name, total, len(reference_subset(num, total))
 
 
@@ -424,7 +437,7 @@ def reference_images(config, num: int) -> tuple[np.ndarray, str, int]:
     return images[reference_subset(num, len(images))], config.dataset, len(images)
   files = list_image_files(config.dataset)
   chosen = [files[i] for i in reference_subset(num, len(files))]
-  return load_images(chosen, size), os.path.abspath(config.dataset), len(files)
+  return load_images(chosen, size), fs.absolute(config.dataset), len(files)
 
 
 def _folder_input(config, batch: int, start_step: int, process_index: int,

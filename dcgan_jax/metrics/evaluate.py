@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import numpy as np
 from absl import logging
 
-from dcgan_jax import checkpoints, console
+from dcgan_jax import checkpoints, console, fs
 from dcgan_jax.metrics import fid
 from dcgan_jax.samples import sampling
 from dcgan_jax.state import GANState, ema_on, make_models, sampling_variables
@@ -52,12 +51,11 @@ class BestFid:
   DIR = "checkpoints_best"
 
   def __init__(self, workdir: str):
-    self.record = os.path.join(workdir, "best_fid.json")
-    self.ckpts = checkpoints.Checkpoints(os.path.join(workdir, self.DIR), max_to_keep=1)
+    self.record = fs.path(workdir) / "best_fid.json"
+    self.ckpts = checkpoints.Checkpoints(fs.join(workdir, self.DIR), max_to_keep=1)
     self.fid, self.step = math.inf, None
-    if os.path.exists(self.record):
-      with open(self.record) as f:
-        saved = json.load(f)
+    if self.record.exists():
+      saved = json.loads(self.record.read_text())
       self.fid, self.step = saved["fid"], saved["step"]
 
   def update(self, value: float, state, config) -> bool:
@@ -66,9 +64,9 @@ class BestFid:
       return False
     self.fid, self.step = float(value), int(state.step)
     path = self.ckpts.save(state, config, {})
-    with open(self.record + ".tmp", "w") as f:
-      json.dump({"fid": self.fid, "step": self.step, "checkpoint": path}, f)
-    os.replace(self.record + ".tmp", self.record)
+    tmp = self.record.with_name(self.record.name + ".tmp")
+    tmp.write_text(json.dumps({"fid": self.fid, "step": self.step, "checkpoint": path}))
+    tmp.replace(self.record)
     logging.info("Best FID so far (%.4g at step %d): checkpoint %s.", self.fid, self.step, path)
     return True
 
@@ -164,10 +162,10 @@ def evaluate(config, workdir: str, state: GANState | None = None) -> dict:
   t = time.perf_counter()
   scores, samples = score_state(evaluator, make_models(config)[0], state)
   if config.fid.save_samples:
-    os.makedirs(workdir, exist_ok=True)
     for tag, images in samples.items():
-      path = os.path.join(workdir, f"samples{tag}.npy")
-      np.save(path, images)
+      path = fs.path(workdir) / f"samples{tag}.npy"
+      with path.open("wb") as f:
+        np.save(f, images)
       logging.info("Wrote the %d samples scored to %s", len(images), path)
   logging.info("Scored %d samples in %.0f s (step %d).", config.fid.num_samples,
                time.perf_counter() - t, int(state.step))

@@ -22,6 +22,7 @@ computed with other weights.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from dcgan_jax import fs
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.metrics import inception
 from dcgan_jax.samples import sampling
@@ -147,8 +149,7 @@ def generate_images(generator, variables, num: int, nz: int, seed: int = 0,
 
 
 def _weights_id(path: str) -> str:
-  st = os.stat(path)
-  return f"{os.path.basename(path)}:{st.st_size}"
+  return f"{os.path.basename(path)}:{os.stat(path).st_size}"
 
 
 def resolve_weights(config) -> str | None:
@@ -188,12 +189,12 @@ class Evaluator:
                       "weights": _weights_id(self.weights_path),
                       "version": CACHE_VERSION}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return os.path.join(self.workdir, "fid_ref", f"{digest}.npz")
+    return fs.join(self.workdir, "fid_ref", f"{digest}.npz")
 
   def reference_cost(self) -> int:
     """Images the reference features still need (0 once cached; TFDS: unknown, 0)."""
     key = input_pipeline.reference_identity(self.config, self.config.fid.num_ref)
-    if self._ref is not None or key is None or os.path.exists(self._cache_path(*key)):
+    if self._ref is not None or key is None or fs.path(self._cache_path(*key)).exists():
       return 0
     return key[2]
 
@@ -212,8 +213,8 @@ class Evaluator:
     num = self.config.fid.num_ref
     key = input_pipeline.reference_identity(self.config, num)  # decodes nothing
     path = self._cache_path(*key) if key else None
-    if path and os.path.exists(path):
-      with np.load(path) as z:
+    if path and fs.path(path).exists():
+      with np.load(io.BytesIO(fs.path(path).read_bytes())) as z:
         self._ref = z["features"]
       logging.info("FID reference features of %s from %s", key[0], path)
     else:
@@ -221,14 +222,17 @@ class Evaluator:
       path = path or self._cache_path(dataset_id, total, len(images))
       t = time.perf_counter()
       self._ref = self.extract(images)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = path + ".tmp.npz"
       mu, sigma = statistics(self._ref)
-      np.savez(tmp, features=self._ref, mu=mu, sigma=sigma,
+      buf = io.BytesIO()
+      np.savez(buf, features=self._ref, mu=mu, sigma=sigma,
                meta=json.dumps({"dataset": dataset_id, "images": total,
                                 "num": len(images), "size": self.config.image_size,
                                 "weights": self.weights_path}))
-      os.replace(tmp, path)
+      p = fs.path(path)
+      p.parent.mkdir(parents=True, exist_ok=True)
+      tmp = p.with_name(p.name + ".tmp")
+      tmp.write_bytes(buf.getvalue())
+      tmp.replace(p)
       logging.info("FID reference features of %d images of %s in %.0f s -> %s",
                    len(images), dataset_id, time.perf_counter() - t, path)
     self._ref_stats = statistics(self._ref)

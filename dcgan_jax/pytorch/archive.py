@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dcgan_jax import fs
 from dcgan_jax.errors import UserError
 
 try:
@@ -152,7 +153,7 @@ def load(path: str, pickle_name: str = "data.pkl", records: str = "data") -> Any
     The unpickled object: for a state dict, an OrderedDict name -> np.ndarray.
   """
   try:
-    zf = zipfile.ZipFile(path)
+    zf = zipfile.ZipFile(io.BytesIO(fs.path(path).read_bytes()) if fs.is_remote(path) else path)
   except zipfile.BadZipFile as e:
     raise TorchArchiveError(
         f"{path}: not a zip archive. Legacy (pre-1.6, non-zip) torch files are not "
@@ -274,13 +275,14 @@ def save_state_dict(path: str, state: dict[str, np.ndarray], name: str = "archiv
     st = _Storage(str(i), arr.reshape(-1))
     storages.append(st)
     tensors.append((k, _Tensor(st, tuple(arr.shape))))
-  buf = io.BytesIO()
+  buf, out = io.BytesIO(), io.BytesIO()
   _Pickler(buf, protocol=2).dump(
       _Reduce(_Global("collections", "OrderedDict"), (), iter(tensors)))
-  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+  with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
     zf.writestr(f"{name}/data.pkl", buf.getvalue())
     zf.writestr(f"{name}/byteorder", "little")
     for st in storages:
       zf.writestr(f"{name}/data/{st.key}", st.array.astype(st.array.dtype.newbyteorder("<"))
                   .tobytes())
     zf.writestr(f"{name}/version", "3\n")
+  fs.path(path).write_bytes(out.getvalue())

@@ -101,6 +101,16 @@ def load_netd(path: str) -> tuple[dict, int]:
   return netd_variables(archive.load(path), path)
 
 
+def save_netg(path: str, variables: dict) -> None:
+  """Writes G's ``variables`` as the original's ``netg`` state dict (``torch.load`` reads it)."""
+  archive.save_state_dict(path, to_torch_state_dict(variables, G_LAYERS), "netg")
+
+
+def save_netd(path: str, variables: dict) -> None:
+  """Writes D's ``variables`` (the original's D: BatchNorm, no spectral norm) as ``netd``."""
+  archive.save_state_dict(path, to_torch_state_dict(variables, D_LAYERS), "netd")
+
+
 def to_torch_state_dict(variables: dict, layers: dict[str, int]) -> dict[str, np.ndarray]:
   """The inverse mapping: Flax variables -> the original's state dict (numpy).
 

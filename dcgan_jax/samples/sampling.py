@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dcgan_jax import fs
 from dcgan_jax.errors import ConfigError
 
 
@@ -93,10 +93,12 @@ def make_grid(images, ncol: int | None = None, padding: int = 2,
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-  """Writes a (H, W, 3) uint8 image as PNG, creating the folder."""
+  """Writes a (H, W, 3) uint8 image as PNG (a local path or a URL), creating the folder."""
   from PIL import Image  # noqa: PLC0415
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(np.asarray(image)).save(path)
+  p = fs.path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  with p.open("wb") as f:
+    Image.fromarray(np.asarray(image)).save(f, format="PNG")
 
 
 @functools.partial(jax.jit, static_argnums=0)
