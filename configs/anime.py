@@ -22,13 +22,14 @@ def get_config():
   c.num_epochs = 200
   c.gen_search_num = 512       # generate: draw 512 faces, keep the 64 D likes best
   c.gen_num = 64
-  # The switches of the modern recipe (configs/anime_modern.py), all off: the
-  # original's loss, D with BatchNorm and without spectral norm, no augmentation,
-  # no EMA of G, sampling with the running BatchNorm averages.
+  # The switches beyond the original (docs/training.md), all off: the original's
+  # loss, D with BatchNorm and without spectral norm, no augmentation, no R1, no
+  # EMA of G, sampling with the running BatchNorm averages.
   c.loss = "bce"
   c.d_spectral_norm = False
   c.d_batch_norm = True
   c.diffaugment = ""
-  c.ema_decay = 0.0
+  c.r1_gamma = 0.0
+  c.ema_decay = c.ema_kimg = 0.0
   c.standing_stats = 0
   return c

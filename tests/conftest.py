@@ -73,3 +73,17 @@ def train_call(config):
   runner = parallel.make_runner(config.parallel)
   return runner, train.make_train_call(config, runner), runner.put_state(
       summaries.empty(config.loss))
+
+
+def parse_main_flags(argv, monkeypatch):
+  """Parses ``argv`` as main.py's flags in this process; returns the ``main`` module."""
+  from absl import flags
+  from absl import logging as absl_logging
+  monkeypatch.setattr(sys, "argv", argv)
+  import main
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)  # an earlier parse's overrides: they are defined anew
+  flags.FLAGS(argv)
+  absl_logging.set_verbosity(absl_logging.INFO)  # parsing set it to --verbosity's WARNING
+  return main

@@ -6,7 +6,7 @@ import re
 
 import ml_collections
 import pytest
-from conftest import ROOT, load_config, tiny_config
+from conftest import ROOT, load_config, parse_main_flags, tiny_config
 
 from dcgan_jax import config_lib, defaults, schedule, train
 
@@ -105,19 +105,14 @@ def test_training_validates_before_compiling(tmp_path, monkeypatch):
 
 def test_a_config_file_with_an_extra_or_missing_key_fails_naming_it(tmp_path, monkeypatch,
                                                                     capsys):
-  import sys
 
-  from absl import flags
   cfg = tmp_path / "mine.py"
   cfg.write_text("from dcgan_jax import config_lib\n\n\ndef get_config():\n"
                  f"  c = config_lib.load({os.path.join(ROOT, 'configs', 'demo.py')!r})\n"
                  "  c.learning_rate = 1e-3\n  del c['beta2']\n  return c\n")
   argv = ["main.py", f"--config={cfg}", f"--workdir={tmp_path / 'w'}"]
-  monkeypatch.setattr(sys, "argv", argv)
   monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled"))
-  import main
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(argv)
+  main = parse_main_flags(argv, monkeypatch)
   with pytest.raises(SystemExit) as e:
     main.main(["main.py"])
   assert e.value.code == 2

@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
-from absl import logging as absl_logging
-from conftest import ROOT, tiny_config
+from conftest import ROOT, parse_main_flags, tiny_config
 
 from dcgan_jax import checkpoints, train
 
@@ -20,14 +18,7 @@ TINY = ["--config=configs/demo.py", "--config.ngf=8", "--config.ndf=8",
 
 def _main(argv, monkeypatch, capsys) -> tuple[int, str]:
   """main.py's main in-process: (exit status, what it printed to stderr)."""
-  argv = ["main.py", *argv]
-  monkeypatch.setattr(sys, "argv", argv)
-  import main
-  flags.FLAGS.unparse_flags()
-  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-    delattr(flags.FLAGS, name)  # an earlier parse's overrides: they are defined anew
-  flags.FLAGS(argv)
-  absl_logging.set_verbosity(absl_logging.INFO)  # parsing set it to --verbosity's WARNING
+  main = parse_main_flags(["main.py", *argv], monkeypatch)
   capsys.readouterr()
   try:
     main.main(["main.py"])

@@ -117,7 +117,7 @@ def probe_image(path: str) -> str | None:
 def _probe_header(path: str) -> str | None:
   from PIL import Image  # noqa: PLC0415 (only folders need Pillow)
   try:
-    with fs.path(path).open("rb") as fh:
+    with fs.path(path).open("rb") if fs.is_remote(path) else open(path, "rb") as fh:
       head = fh.read(64)
       fh.seek(0)
       with warnings.catch_warnings():
