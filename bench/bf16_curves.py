@@ -32,7 +32,7 @@ def run(dtype: str, args):
   inp = input_pipeline.create_input(config, process_index=0, process_count=1)
   losses, t0 = [], None
   for step, batch in zip(range(args.steps), inp.batches, strict=False):
-    state, summary = step_fn.call(state, step_fn.empty, runner.put_batch(batch[None]), None)
+    state, summary = step_fn.call(state, step_fn.empty, runner.put_batch(batch[None]), None, step)
     m = summaries.host_scalars(runner.get(summary))
     losses.append((m["loss_d"], m["loss_g"]))
     if step == 0:

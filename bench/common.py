@@ -70,7 +70,7 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   def run(n, state):
     for _ in range(n):
-      state, summary = step.call(state, step.empty, batch, None)
+      state, summary = step.call(state, step.empty, batch, None, 0)
     jax.block_until_ready((state, summary))
     return state, summary
 

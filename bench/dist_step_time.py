@@ -32,11 +32,11 @@ def main():
                              ndf=args.width, parallel=args.parallel)
   s, step = common.build_step(config)
   dev_batch = step.runner.put_batch(common.random_batch(config))
-  s, _ = step.call(s, step.empty, dev_batch, None)  # compiles
+  s, _ = step.call(s, step.empty, dev_batch, None, 0)  # compiles
   jax.block_until_ready(s)
   t, c = time.perf_counter(), time.process_time()
   for _ in range(args.steps):
-    s, _ = step.call(s, step.empty, dev_batch, None)
+    s, _ = step.call(s, step.empty, dev_batch, None, 0)
   jax.block_until_ready(s)
   dt = (time.perf_counter() - t) / args.steps
   # CPU seconds per step (all threads): comparable even on a shared machine.

@@ -82,15 +82,16 @@ def main():
   state, step = common.build_step(config)
   batch = step.runner.put_batch(common.random_batch(config))
   for _ in range(2):
-    state, _ = step.call(state, step.empty, batch, None)
+    state, _ = step.call(state, step.empty, batch, None, 0)
   jax.block_until_ready(state)
-  kinds = _op_kinds(step.call.lower(state, step.empty, batch, None)
+  (program,) = step.call.programs.values()
+  kinds = _op_kinds(program.lower(state, step.empty, batch, None)
                     .compile().as_text())
 
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp):
       for _ in range(args.steps):
-        state, _ = step.call(state, step.empty, batch, None)
+        state, _ = step.call(state, step.empty, batch, None, 0)
       jax.block_until_ready(state)
     trace = json.load(gzip.open(glob.glob(f"{tmp}/plugins/profile/*/*.trace.json.gz")[0]))
   events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]

@@ -166,34 +166,63 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
 
 
 def make_train_call(config, runner: parallel.Runner) -> Callable:
-  """The compiled call: one ``lax.scan`` of ``train_step`` over the K rows of a batch.
+  """The compiled call of K iterations of ``train_step``, mapped over every device.
 
-  ``call(state, summary, batch, images)`` runs one iteration per row of
+  ``call(state, summary, batch, images, step)`` runs one iteration per row of
   ``batch`` ((K, host_batch, ...) images, or index rows into the device-kept
-  ``images``) and returns (state, summary with every iteration merged in).
+  ``images``), the first being training step ``step``, and returns (state,
+  summary with every iteration merged in).
   """
   axis = parallel.AXIS if config.sync_batch_stats else None
   generator, discriminator = make_models(config, axis)
-  step = functools.partial(
+  step_fn = functools.partial(
       train_step, generator=generator, discriminator=discriminator, nz=config.nz,
       ema_beta=functools.partial(ema_beta, config) if ema_on(config) else None,
       loss=config.loss, diffaugment=augment.parse(config.diffaugment),
       r1_gamma=config.r1_gamma, r1_every=config.r1_every)
 
-  def iterations(state, summary, batch, images):
-    def body(carry, rows):
+  def iterations(state, summary, batch, images, turns):
+    def one(carry, rows, do_d, do_g):
       state, summary = carry
       real = rows if images is None else device_input.gather(images, rows)
-      do_d = True if config.d_every == 1 else state.step % config.d_every == 0
-      do_g = True if config.g_every == 1 else state.step % config.g_every == 0
-      state, m = step(state, real, do_d, do_g)
-      return (state, summaries.accumulate(summary, state.step, m, do_d, do_g)), None
-    # XLA:CPU runs a loop's body several times slower than the same code
-    # straight (bench/README.md, "Training loop"), so there the K iterations
-    # are unrolled (with K = 1 XLA drops the loop on every backend).
-    return lax.scan(body, (state, summary), batch, unroll=jax.default_backend() == "cpu")[0]
+      state, m = step_fn(state, real, do_d, do_g)
+      return state, summaries.accumulate(summary, state.step, m, do_d, do_g)
 
-  return runner.compile(iterations, ("replicated", "replicated", "batch", "copies"))
+    if turns is not None:  # straight code, D's and G's turns compiled in
+      carry = (state, summary)
+      for i, (do_d, do_g) in enumerate(turns):
+        carry = one(carry, batch[i], do_d, do_g)
+      return carry
+
+    def body(carry, rows):
+      step = carry[0].step
+      return one(carry, rows, True if config.d_every == 1 else step % config.d_every == 0,
+                 True if config.g_every == 1 else step % config.g_every == 0), None
+    return lax.scan(body, (state, summary), batch)[0]
+
+  roles = ("replicated", "replicated", "batch", "copies")
+  if jax.default_backend() != "cpu":
+    mapped = runner.compile(functools.partial(iterations, turns=None), roles)
+
+    def call(state, summary, batch, images, step):
+      return mapped(state, summary, batch, images)
+    call.programs = {None: mapped}
+    return call
+
+  # XLA:CPU runs the step ~20x slower inside a loop (even a lax.scan of one
+  # step) and ~2.5x slower behind a traced lax.cond than compiled straight
+  # (bench/README.md, "One compiled path"): there a call is straight code, one
+  # program per pattern of D's and G's turns it meets.
+  programs = {}
+
+  def call(state, summary, batch, images, step):
+    turns = tuple((k % config.d_every == 0, k % config.g_every == 0)
+                  for k in range(step, step + batch.shape[0]))
+    if turns not in programs:
+      programs[turns] = runner.compile(functools.partial(iterations, turns=turns), roles)
+    return programs[turns](state, summary, batch, images)
+  call.programs = programs  # the compiled programs so far (bench/profile_step.py)
+  return call
 
 
 # --- the periodic work, one function each -------------------------------------
@@ -309,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     pstate, summary = runner.put_state(state), empty_summary
     step, stopping, last_save, fid_planned = start, False, None, evaluator is None
     for step, host, batch in feed:
-      pstate, summary = train_call(pstate, summary, batch, feed.images)
+      pstate, summary = train_call(pstate, summary, batch, feed.images, step - len(host))
       if clock.start_step is None:  # the first call compiled: time from its end
         jax.block_until_ready(pstate)
         clock.start(step)

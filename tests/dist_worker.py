@@ -50,7 +50,7 @@ def steps(out: str):
     state = runner.put_state(init)
     # Per-device statistics: one step shows the difference.
     for i, batch in enumerate(batches if sync else batches[:1]):
-      state, _ = call(state, empty, runner.put_batch(batch[None]), None)
+      state, _ = call(state, empty, runner.put_batch(batch[None]), None, i)
       name = f"{kind}{'' if sync else '_nosync'}/{i + 1}"
       result.update({f"{name}/{k}": v for k, v in flat(runner.get(state)).items()})
   np.savez(out, **result)

@@ -310,7 +310,7 @@ def test_ema_follows_g_with_the_ramped_decay():
   batch = runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
 
   def one(s):
-    return runner.get(call(runner.put_state(s), empty, batch, None)[0])
+    return runner.get(call(runner.put_state(s), empty, batch, None, int(s.step))[0])
   s1 = one(state)
   s2 = one(s1)
   # Step n (0-based) uses decay min(0.999, (1 + n) / (10 + n)): 0.1, then 2/11.

@@ -93,7 +93,7 @@ def _one_call(config, k: int = 1):
   runner, call, empty = train_call(config)
   batches = input_pipeline.create_input(config).batches
   batch = runner.put_batch(np.stack([next(batches) for _ in range(k)]))
-  new, summary = call(runner.put_state(state), empty, batch, None)
+  new, summary = call(runner.put_state(state), empty, batch, None, 0)
   from dcgan_jax import summaries
   return state, runner.get(new), summaries.host_scalars(runner.get(summary))
 
@@ -189,7 +189,7 @@ def test_r1_enters_d_s_step_every_r1_every_d_steps_scaled_by_it():
   for config in (plain, with_r1):
     runner, call, empty = train_call(config)
     batch = runner.put_batch(next(input_pipeline.create_input(config).batches)[None])
-    outs.append(runner.get(call(runner.put_state(at_1), empty, batch, None)[0]))
+    outs.append(runner.get(call(runner.put_state(at_1), empty, batch, None, 1)[0]))
   for a, b in zip(jax.tree_util.tree_leaves(outs[0].d.params),
                   jax.tree_util.tree_leaves(outs[1].d.params), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-6)

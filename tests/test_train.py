@@ -31,7 +31,7 @@ def _calls(step, state, batches, per_call: int = 1):
   pstate, logs = runner.put_state(state), []
   for i in range(0, len(batches), per_call):
     pstate, summary = call(pstate, empty, runner.put_batch(np.stack(batches[i:i + per_call])),
-                           None)
+                           None, int(state.step) + i)
     logs.append(summaries.host_scalars(runner.get(summary)))
   return runner.get(pstate), logs
 
@@ -117,7 +117,7 @@ def test_the_step_compiles_once(kind):
 
   def call(state, summary):
     batch = runner.put_batch(next(batches)[None])  # a new batch every step
-    return train_fn(state, summary, batch, None)
+    return train_fn(state, summary, batch, None, 0)
 
   before = len(COMPILATIONS)
   state, summary = call(state, summary)
