@@ -111,7 +111,7 @@ def feed(config, inp: input_pipeline.Input, runner: parallel.Runner, start: int,
     done = start
     while done < total:
       n = min(k - done % k, total - done)
-      host = np.stack([next(source) for _ in range(n)])
+      host = next(source)[None] if n == 1 else np.stack([next(source) for _ in range(n)])
       done += n
       yield done, host, runner.put_batch(host)
   return Feed(calls(), images, lambda host: to_images(host[-1][: config.num_plot]))
