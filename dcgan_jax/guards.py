@@ -138,9 +138,7 @@ def checkpoint_writes(ckpts, step: int):
   """
   try:
     yield
-  except (NonFiniteError, KeyboardInterrupt):
-    raise
-  except Exception as e:  # noqa: BLE001 (orbax wraps I/O errors in several kinds)
+  except (OSError, ValueError) as e:  # how orbax and tensorstore report a failed write
     cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     full = "no space left on device" in str(e).lower() or getattr(e, "errno", None) == 28
     try:

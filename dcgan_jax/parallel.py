@@ -73,6 +73,14 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
   return True
 
 
+def all_hosts(ok: bool) -> bool:
+  """Whether ``ok`` holds on every host (every host must call it at the same point)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
+
+
 def split_batch(batch_size: int, process_count: int | None = None,
                 local_device_count: int | None = None) -> tuple[int, int]:
   """(rows per host, rows per device) of the global batch; ValueError if it does not split."""

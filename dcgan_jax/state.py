@@ -100,7 +100,7 @@ def ema_beta(config, step):
   ``ema_kimg`` > 0: StyleGAN2-ADA's half-life of ``ema_kimg`` thousand images,
   never longer than ``ema_rampup`` of the images seen so far. Else TF's
   ``ExponentialMovingAverage(num_updates)``: ``min(ema_decay, (1 + n) / (10 + n))``.
-  Both keep short runs from being averaged back to the initial weights.
+  The ramps keep short runs from being averaged back to the initial weights.
   """
   n = step.astype(jnp.float32)
   if config.ema_kimg > 0:

@@ -60,8 +60,8 @@ def r1_penalty(run_d, x):
   return (grad.astype(jnp.float32) ** 2).sum(axis=(1, 2, 3)).mean()
 
 
-def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, nz: int,
-               axis_name: str = parallel.AXIS, ema_beta: Callable | None = None,
+def train_step(state: GANState, real, do_d, do_g, do_r1=None, *, generator, discriminator,
+               nz: int, axis_name: str = parallel.AXIS, ema_beta: Callable | None = None,
                loss: str = "bce", diffaugment: tuple[str, ...] = (), r1_gamma: float = 0.0,
                r1_every: int = 1):
   """One GAN iteration on this replica's share of the batch.
@@ -70,6 +70,8 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     state: the replica's copy of the training state.
     real: (device_batch, S, S, 3) images in [-1, 1].
     do_d, do_g: whether D / G are updated (Python or traced bools).
+    do_r1: whether D's update adds the R1 penalty (default: every ``r1_every``
+      D updates, by D's count).
     generator, discriminator: the modules (BatchNorm over ``axis_name`` when synchronised).
     nz: latent size.
     axis_name: the mapped axis gradients are averaged over.
@@ -128,12 +130,13 @@ def train_step(state: GANState, real, do_d, do_g, *, generator, discriminator, n
     def d_grads(r1_weight):
       return jax.grad(d_loss, has_aux=True)(d.params, r1_weight)
 
-    if r1_gamma > 0:
-      r1_weight = 0.5 * r1_gamma * r1_every
-      grads, (value, d_stats, lr, lf) = (d_grads(r1_weight) if r1_every == 1 else lax.cond(
-          d.step % r1_every == 0, lambda: d_grads(r1_weight), lambda: d_grads(0.0)))
+    r1 = (r1_every == 1 or d.step % r1_every == 0) if do_r1 is None else do_r1
+    weight = 0.5 * r1_gamma * r1_every
+    if r1_gamma > 0 and not isinstance(r1, bool):
+      grads, (value, d_stats, lr, lf) = lax.cond(r1, lambda: d_grads(weight),
+                                                 lambda: d_grads(0.0))
     else:
-      grads, (value, d_stats, lr, lf) = d_grads(0.0)
+      grads, (value, d_stats, lr, lf) = d_grads(weight if r1_gamma > 0 and r1 else 0.0)
     d = d.apply_gradients(grads=mean(grads), batch_stats=d_stats)
     return (g, d), d_metrics.single_from_model_output(
         loss_d=mean(value), **{k: mean(v) for k, v in losses.d_outputs(loss, lr, lf).items()})
@@ -182,16 +185,16 @@ def make_train_call(config, runner: parallel.Runner) -> Callable:
       r1_gamma=config.r1_gamma, r1_every=config.r1_every)
 
   def iterations(state, summary, batch, images, turns):
-    def one(carry, rows, do_d, do_g):
+    def one(carry, rows, do_d, do_g, do_r1=None):
       state, summary = carry
       real = rows if images is None else device_input.gather(images, rows)
-      state, m = step_fn(state, real, do_d, do_g)
+      state, m = step_fn(state, real, do_d, do_g, do_r1)
       return state, summaries.accumulate(summary, state.step, m, do_d, do_g)
 
-    if turns is not None:  # straight code, D's and G's turns compiled in
+    if turns is not None:  # straight code, the turns compiled in
       carry = (state, summary)
-      for i, (do_d, do_g) in enumerate(turns):
-        carry = one(carry, batch[i], do_d, do_g)
+      for i, turn in enumerate(turns):
+        carry = one(carry, batch[i], *turn)
       return carry
 
     def body(carry, rows):
@@ -212,12 +215,16 @@ def make_train_call(config, runner: parallel.Runner) -> Callable:
   # XLA:CPU runs the step ~20x slower inside a loop (even a lax.scan of one
   # step) and ~2.5x slower behind a traced lax.cond than compiled straight
   # (bench/README.md, "One compiled path"): there a call is straight code, one
-  # program per pattern of D's and G's turns it meets.
+  # program per pattern of turns (D, G, R1) it meets.
   programs = {}
 
+  def turn(k: int) -> tuple[bool, bool, bool]:
+    d_updates = -(-k // config.d_every)  # D's updates before step k: its count then
+    return (k % config.d_every == 0, k % config.g_every == 0,
+            config.r1_gamma > 0 and d_updates % config.r1_every == 0)
+
   def call(state, summary, batch, images, step):
-    turns = tuple((k % config.d_every == 0, k % config.g_every == 0)
-                  for k in range(step, step + batch.shape[0]))
+    turns = tuple(turn(k) for k in range(step, step + batch.shape[0]))
     if turns not in programs:
       programs[turns] = runner.compile(functools.partial(iterations, turns=turns), roles)
     return programs[turns](state, summary, batch, images)
@@ -298,8 +305,7 @@ def train_and_evaluate(config, workdir: str) -> GANState:
     stop = stack.enter_context(preemption.StopSignal())
     config_lib.validate(config)
     input_pipeline.check_dataset(config.dataset)
-    workdir_lib.check(workdir)
-    lock = stack.enter_context(workdir_lib.lock(workdir, holder=chief))
+    lock = stack.enter_context(workdir_lib.claim(workdir, chief))
     ckpts = stack.enter_context(guards.closing(checkpoints.Checkpoints(
         f"{workdir}/{checkpoints.CHECKPOINT_DIR}", max_to_keep=config.max_to_keep)))
     state, saved = checkpoints.restore_or_init(

@@ -57,7 +57,7 @@ class Lock:
   """Held by ``lock``; ``announce`` writes who holds it into the lock file."""
 
   def __init__(self, fd: int | None = None, note=None):
-    self._fd, self._note = fd, note
+    self._fd, self._note, self.written = fd, note, None
 
   def announce(self) -> None:
     """Names this process in the lock file, for a second run's message."""
@@ -67,6 +67,27 @@ class Lock:
       os.pwrite(self._fd, text.encode(), 0)
     elif self._note is not None:
       self._note.write_text(text)
+      self.written = text
+
+
+@contextlib.contextmanager
+def claim(workdir: str, chief: bool):
+  """``check`` on every host and ``lock`` on the chief; every host fails if one does.
+
+  The hosts of one run share its workdir: a host that goes on while another
+  stopped would wait for it in the next collective.
+  """
+  from dcgan_jax import parallel  # noqa: PLC0415
+  with contextlib.ExitStack() as stack:
+    try:
+      check(workdir)
+      held, failure = stack.enter_context(lock(workdir, holder=chief)), None
+    except WorkdirError as e:
+      held, failure = None, e
+    if not parallel.all_hosts(failure is None):
+      raise failure or WorkdirError(f"workdir {workdir!r} failed on another host of the "
+                                    "run; its error says why.")
+    yield held
 
 
 @contextlib.contextmanager
@@ -85,11 +106,13 @@ def lock(workdir: str, holder: bool = True):
       logging.warning("Workdir %s has a lock note of another run (%s): a bucket cannot be "
                       "locked, so make sure that run has ended before this one writes "
                       "checkpoints there.", workdir, _describe(note.read_text()))
+    held = Lock(note=note)
     try:
-      yield Lock(note=note)
+      yield held
     finally:
-      with contextlib.suppress(Exception):
-        note.unlink()
+      with contextlib.suppress(Exception):  # only this run's own note
+        if held.written is not None and note.read_text() == held.written:
+          note.unlink()
     return
   path = os.path.join(workdir, LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -182,9 +182,9 @@ def test_r1_enters_d_s_step_every_r1_every_d_steps_scaled_by_it():
   _, lazy, _ = _one_call(with_r1)  # D's step 0: the penalty is added
   diff = np.abs(np.asarray(lazy.d.params["conv0"]["kernel"] - ref.d.params["conv0"]["kernel"]))
   assert diff.max() > 1e-6
-  # D's step 1 (its update count 1): no penalty, the plain step.
+  # Step 1 (D's update count 1): no penalty, the plain step.
   state = create_train_state(plain, _key(0))
-  at_1 = state.replace(d=state.d.replace(step=jnp.int32(1)))
+  at_1 = state.replace(step=jnp.int32(1), d=state.d.replace(step=jnp.int32(1)))
   outs = []
   for config in (plain, with_r1):
     runner, call, empty = train_call(config)
@@ -225,3 +225,19 @@ def test_the_image_horizon_ema_ramps_up_with_the_images_seen():
   assert float(ema_beta(tf_ramp, jnp.int32(0))) == pytest.approx(0.1)
   with pytest.raises(config_lib.ConfigError, match="ema_decay .*not both"):
     config_lib.validate(tiny_config(ema_decay=0.99, ema_kimg=1.0), device_count=1)
+
+
+def test_r1_s_parameter_gradient_is_the_same_through_every_convolution_form():
+  x = jax.random.uniform(_key(1), (2, 96, 96, 3), minval=-1, maxval=1)
+  grads = []
+  for impl in ("cpu", "xla"):
+    d = models.Discriminator(8, conv_impl=impl)
+    variables = d.init(_key(2), x)
+
+    def penalty(params, d=d, variables=variables):
+      run = lambda x: d.apply({**variables, "params": params}, x, mutable=["batch_stats"])[0]
+      return train.r1_penalty(run, x)
+    grads.append(jax.grad(penalty)(variables["params"]))
+  for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1]),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5)

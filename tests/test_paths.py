@@ -87,7 +87,8 @@ def test_the_run_s_own_files_go_through_the_path_layer(fake_bucket, tmp_path, ca
     assert note["pid"] == os.getpid()
     with workdir.lock(run):
       assert "has a lock note of another run" in caplog.text
-  assert not (fake_bucket / "runs" / "demo" / ".lock").exists()
+    assert json.loads((fake_bucket / "runs" / "demo" / ".lock").read_text()) == note  # not its
+  assert not (fake_bucket / "runs" / "demo" / ".lock").exists()  # its own, gone at the end
   sampling.save_png(f"{run}/samples/samples_0000001.png", np.zeros((4, 4, 3), np.uint8))
   assert Image.open(fake_bucket / "runs" / "demo" / "samples" / "samples_0000001.png").size == (
       4, 4)

