@@ -73,7 +73,7 @@ def resume(out: str, workdir: str, kind: str):
   config = _cluster_config(kind, 6)
   ckpts = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.CHECKPOINT_DIR),
                                   read_only=True)
-  restored = ckpts.restore(create_train_state(config, jax.random.PRNGKey(0)))
+  restored = ckpts.restore(create_train_state(config, jax.random.PRNGKey(0)), 4)
   ckpts.close()
   resumed = train.train_and_evaluate(config, workdir)
   np.savez(out, **{f"restored/{k}": v for k, v in flat(restored).items()},

@@ -324,7 +324,7 @@ def test_nan_stops_training_naming_the_step_and_is_never_checkpointed(tmp_path, 
   ckpts = checkpoints.Checkpoints(str(tmp_path / checkpoints.CHECKPOINT_DIR), read_only=True)
   assert ckpts.all_steps() == [2, 4]
   template = create_train_state(config, jax.random.PRNGKey(0))
-  last = ckpts.restore(template)
+  last = ckpts.restore(template, 4)
   assert int(last.step) == 4 and guards.tree_is_finite(last)
   assert not os.path.exists(tmp_path / "samples")  # no grid drawn from NaN
 
@@ -374,7 +374,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(tmp_path, monkeyp
     ckpts = checkpoints.Checkpoints(str(ckpt_dir))  # also clears the failed tmp folder
     assert ckpts.all_steps() == [2, 4]
     template = create_train_state(config, jax.random.PRNGKey(0))
-    last = ckpts.restore(template)
+    last = ckpts.restore(template, 4)
     assert int(last.step) == 4 and guards.tree_is_finite(last)
     ckpts.close()
   finally:
