@@ -170,7 +170,7 @@ def test_the_cpu_config_is_the_original_at_quarter_width_with_augmentation_and_e
   changed = {k for k in original if original[k] != cpu[k]}
   assert changed == {"ngf", "ndf", "batch_size", "num_train_steps", "diffaugment",
                      "ema_kimg", "log_every", "plot_every", "save_every_steps", "fid"}, changed
-  assert (cpu.ngf, cpu.ndf, cpu.batch_size, cpu.num_train_steps) == (16, 16, 64, 15000)
+  assert (cpu.ngf, cpu.ndf, cpu.batch_size, cpu.num_train_steps) == (16, 16, 64, 10000)
   assert (cpu.image_size, cpu.nz, cpu.lr_g, cpu.lr_d) == (96, 100, 2e-4, 2e-4)
   assert (cpu.diffaugment, cpu.ema_kimg, cpu.ema_decay) == ("color,translation", 10.0, 0.0)
   assert cpu.num_train_steps % cpu.save_every_steps == 0 and cpu.fid.eval_every == 0
