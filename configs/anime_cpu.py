@@ -10,7 +10,8 @@ images through DiffAugment (colour and translation); the grids, generate and
 eval use an EMA of G whose horizon grows with the images seen (StyleGAN2-ADA's:
 a half-life of 10k images, at most 5% of training).
 
-Chosen by FID at equal wall time over seeds with ``bench/quality.py``; the rows
+Provisional: with one seed, DiffAugment scored worse than none at width 16, so
+the recipe is being re-chosen over 3 seeds with ``bench/quality.py``; the rows
 and their commands are in bench/README.md ("Faces on a laptop").
 """
 
