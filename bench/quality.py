@@ -110,6 +110,11 @@ def _spread(values) -> str:
 
 def main():
   args = _parse()
+  if args.dataset != "synthetic" and not os.path.isdir(args.dataset):
+    # train_loop.loop_config would train and score synthetic faces instead: a study
+    # of the wrong data that looks like a result.
+    sys.exit(f"--dataset {os.path.abspath(args.dataset)}: no such folder (give the "
+             "faces' folder, or 'synthetic' to study the generated faces)")
   from dcgan_jax import cpu_flags  # noqa: PLC0415
   cpu_flags.use_fast_cpu_flags()  # as main.py does
   import jax  # noqa: PLC0415
@@ -127,7 +132,8 @@ def main():
   if steps % every:
     sys.exit(f"--eval-every {every} must divide the {steps} steps")
   seeds = [int(s) for s in args.seeds.split(",")]
-  print(f"jax {jax.__version__} config={args.config} steps={steps} seeds={seeds} "
+  print(f"jax {jax.__version__} config={args.config} dataset={args.dataset} "
+        f"steps={steps} seeds={seeds} "
         f"overrides={' '.join(args.set) or '(none)'}", flush=True)
   scores: dict[str, list[float]] = {}
   walls, evaluator = [], None

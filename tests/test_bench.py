@@ -58,3 +58,15 @@ def test_profile_splits_the_step_into_kinds_of_op():
                            r"([0-9.]+)%", out, re.M))
   assert "conv (untraced)" in shares and "elementwise" in shares, out
   assert 50 < sum(map(float, shares.values())) <= 100.5
+
+
+def test_quality_refuses_a_dataset_folder_that_is_not_there(tmp_path):
+  # Otherwise the study trains and scores the synthetic faces, and says nothing.
+  missing = tmp_path / "faces"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "bench/quality.py", "--steps", "2", "--dataset",
+                        str(missing), "--workdir", str(tmp_path / "q")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert f"--dataset {missing}: no such folder" in out.stderr
+  assert not (tmp_path / "q").exists()
