@@ -75,7 +75,8 @@ def _config(args, steps: int, seed: int):
   every = args.eval_every or steps
   plot = args.plot_every or max(1, steps // 6)
   config = train_loop.loop_config(
-      args.config, steps, batch_size=args.batch or base.batch_size, seed=seed,
+      args.config, steps, synthetic_if_missing=False,
+      batch_size=args.batch or base.batch_size, seed=seed,
       dataset=args.dataset, log_every=50, plot_every=plot, save_every_steps=every,
       max_to_keep=max(1, steps // every))
   for item in args.set:
@@ -110,11 +111,6 @@ def _spread(values) -> str:
 
 def main():
   args = _parse()
-  if args.dataset != "synthetic" and not os.path.isdir(args.dataset):
-    # train_loop.loop_config would train and score synthetic faces instead: a study
-    # of the wrong data that looks like a result.
-    sys.exit(f"--dataset {os.path.abspath(args.dataset)}: no such folder (give the "
-             "faces' folder, or 'synthetic' to study the generated faces)")
   from dcgan_jax import cpu_flags  # noqa: PLC0415
   cpu_flags.use_fast_cpu_flags()  # as main.py does
   import jax  # noqa: PLC0415

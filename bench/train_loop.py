@@ -89,14 +89,17 @@ class _Recorder:
     return writer
 
 
-def loop_config(name: str, steps: int, **overrides):
+def loop_config(name: str, steps: int, *, synthetic_if_missing: bool = True, **overrides):
   """configs/<name>.py for a loop of ``steps`` with its periodic work scaled down.
 
   ``log_every``, ``plot_every`` and ``save_every_steps`` default to 10, 4 and 4
   rounds per run (multiples of ``steps_per_call``); FID is off. Overrides of
-  None are skipped. A dataset folder that does not exist becomes 'synthetic'.
+  None are skipped. A dataset folder that does not exist becomes 'synthetic'
+  (the speed benches on a fresh clone), or with ``synthetic_if_missing=False``
+  stops the run naming it (a quality study must not score the wrong faces).
   """
   from bench import common  # noqa: PLC0415
+  from dcgan_jax.data import input_pipeline  # noqa: PLC0415
   k = overrides.get("steps_per_call") or 1
   every = lambda rounds: max(k, steps // rounds // k * k)
   config = common.get_config(name, num_train_steps=steps, log_every=every(10),
@@ -105,7 +108,10 @@ def loop_config(name: str, steps: int, **overrides):
     if v is not None:
       config[key] = v
   config.fid.eval_every = 0
-  if config.dataset != "synthetic" and not os.path.isdir(config.dataset):
+  if input_pipeline.source(config.dataset) == "folder" and not os.path.isdir(config.dataset):
+    if not synthetic_if_missing:
+      sys.exit(f"--dataset {os.path.abspath(config.dataset)}: no such folder (give the "
+               "faces' folder, or 'synthetic' to study the generated faces)")
     config.dataset = "synthetic"
   return config
 

@@ -70,3 +70,13 @@ def test_quality_refuses_a_dataset_folder_that_is_not_there(tmp_path):
   assert out.returncode == 1, out.stderr[-2000:]
   assert f"--dataset {missing}: no such folder" in out.stderr
   assert not (tmp_path / "q").exists()
+
+
+def test_bench_loops_stand_in_synthetic_faces_for_a_missing_folder_only(tmp_path):
+  from bench import train_loop  # noqa: PLC0415
+  missing = str(tmp_path / "faces")
+  assert train_loop.loop_config("demo", 8, dataset=missing).dataset == "synthetic"
+  assert train_loop.loop_config("demo", 8, dataset=str(tmp_path)).dataset == str(tmp_path)
+  assert train_loop.loop_config("demo", 8, dataset="tfds:faces").dataset == "tfds:faces"
+  with pytest.raises(SystemExit, match="no such folder"):
+    train_loop.loop_config("demo", 8, synthetic_if_missing=False, dataset=missing)
