@@ -23,9 +23,10 @@ def get_config():
   c.gen_search_num = 512       # generate: draw 512 faces, keep the 64 D likes best
   c.gen_num = 64
   # The switches beyond the original (docs/training.md), all off: the original's
-  # loss, D with BatchNorm and without spectral norm, no augmentation, no R1, no
-  # EMA of G, sampling with the running BatchNorm averages.
+  # loss, G's ConvTransposes, D with BatchNorm and without spectral norm, no
+  # augmentation, no R1, no EMA of G, sampling with the running BatchNorm averages.
   c.loss = "bce"
+  c.g_upsample = "transpose"
   c.d_spectral_norm = False
   c.d_batch_norm = True
   c.diffaugment = ""

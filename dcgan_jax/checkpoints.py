@@ -31,7 +31,10 @@ from dcgan_jax.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 # The config keys a checkpoint's arrays depend on: a mismatch cannot restore.
-MODEL_KEYS = ("nz", "ngf", "ndf", "image_size", "d_spectral_norm", "d_batch_norm")
+MODEL_KEYS = ("nz", "ngf", "ndf", "image_size", "g_upsample", "d_spectral_norm",
+              "d_batch_norm")
+# Keys added after checkpoints were written, at the value those checkpoints had.
+ADDED_KEYS = {"g_upsample": "transpose", "ema_kimg": 0.0}
 UNREADABLE = ".unreadable"  # the suffix of a step folder set aside
 
 
@@ -104,7 +107,7 @@ class Checkpoints:
 
   def config(self, step: int) -> dict[str, Any]:
     """The config (a dict) saved at ``step``."""
-    return self._restore_json(step, "config")
+    return {**ADDED_KEYS, **self._restore_json(step, "config")}
 
   def progress(self, step: int) -> dict[str, Any]:
     """The progress facts saved at ``step``."""
@@ -302,7 +305,7 @@ def restore_trained(config, workdir: str, hint: str):
     saved = ckpts.config(step)
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.update({k: saved[k] for k in (*MODEL_KEYS, "dtype")})
-    cfg.ema_decay, cfg.ema_kimg = saved["ema_decay"], saved.get("ema_kimg", 0.0)
+    cfg.ema_decay, cfg.ema_kimg = saved["ema_decay"], saved["ema_kimg"]
     return ckpts.restore(state_lib.create_train_state(cfg, jax.random.PRNGKey(0)), step), cfg
 
   with ckpts:

@@ -82,6 +82,7 @@ RULES: dict[str, tuple[Callable, str]] = {
     "init_scheme": _in(tuple(models.INITS)),
     "parallel": _in(parallel.WRAPPERS),
     "conv_impl": _in(conv_ops.IMPLS),
+    "g_upsample": _in(models.UPSAMPLES),
     "steps_per_call": _at_least(1),
     "loss": _in(losses.LOSSES),
     "diffaugment": (_parses(augment.parse), "'' or a comma-separated subset of "

@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = "bce"               # bce (the original's) | hinge (SN-GAN/BigGAN's)
   c.d_spectral_norm = False    # spectral normalisation of D's kernels (Miyato et al. 2018)
   c.d_batch_norm = True        # D's BatchNorm layers (False: none)
+  # G's upsampling after 4 px: transpose (the original's strided ConvTranspose)
+  # | resize (nearest-neighbour, then a 3x3 Conv: no checkerboard).
+  c.g_upsample = "transpose"
   # Differentiable augmentation of every image D sees (Zhao et al. 2020):
   # '' or a comma-separated subset of color, translation, cutout.
   c.diffaugment = ""

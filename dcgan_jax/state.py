@@ -47,14 +47,15 @@ def make_models(config, axis_name: str | None = None):
   """The (Generator, Discriminator) pair for ``config``.
 
   Args:
-    config: needs nz, ngf, ndf, dtype, init_scheme, conv_impl, d_spectral_norm,
-      d_batch_norm.
+    config: needs nz, ngf, ndf, dtype, init_scheme, conv_impl, g_upsample,
+      d_spectral_norm, d_batch_norm.
     axis_name: BatchNorm statistics are averaged over this mapped axis
       (None: per-call statistics, also what initialisation and sampling use).
   """
   dtype = get_dtype(config.dtype)
   impl = config.conv_impl
-  return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme, impl),
+  return (models.Generator(config.nz, config.ngf, axis_name, dtype, config.init_scheme, impl,
+                           config.g_upsample),
           models.Discriminator(config.ndf, axis_name, dtype, config.init_scheme, impl,
                                config.d_spectral_norm, config.d_batch_norm))
 

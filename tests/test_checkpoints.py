@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import re
@@ -74,6 +75,38 @@ def test_restore_with_other_model_sizes_names_the_keys(tmp_path):
     train.train_and_evaluate(tiny_config(num_train_steps=2, ngf=16), str(tmp_path))
   with pytest.raises(errors.CheckpointError, match="does not exist"):
     checkpoints.open_for_reading(str(tmp_path / "nowhere"))
+
+
+def test_a_resize_generator_is_a_model_key_and_older_checkpoints_read_as_transpose(tmp_path):
+  from dcgan_jax.samples import generate
+  resize = tiny_config(num_train_steps=1, g_upsample="resize")
+  trained = train.train_and_evaluate(resize, str(tmp_path / "r"))
+  with pytest.raises(errors.CheckpointError, match=r"g_upsample=resize \(config: transpose\)"):
+    train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "r"))
+  # Sampling takes the model keys from the checkpoint, whatever the config says.
+  m = generate.load_models(tiny_config(), str(tmp_path / "r"))
+  assert m.config.g_upsample == "resize" and "conv4" in m.g_variables["params"]
+  assert np.array_equal(m.g_variables["params"]["conv4"]["kernel"],
+                        trained.g.params["conv4"]["kernel"])
+  with pytest.raises(errors.ConfigError, match="g_upsample='resize'"):
+    generate.export_torch(m, str(tmp_path / "r"))
+  # A checkpoint written before the key existed restores as the original's G.
+  train.train_and_evaluate(tiny_config(num_train_steps=1), str(tmp_path / "t"))
+  def says_g_upsample(path):
+    with open(path, errors="ignore") as f:
+      return '"g_upsample"' in f.read()
+  saved = [p for p in (tmp_path / "t" / "checkpoints" / "1").rglob("*")
+           if p.is_file() and says_g_upsample(p)]
+  assert len(saved) == 1
+  with open(saved[0]) as f:
+    config = json.load(f)
+  assert config.pop("g_upsample") == "transpose"
+  with open(saved[0], "w") as f:
+    json.dump(config, f)
+  ckpts = checkpoints.Checkpoints(str(tmp_path / "t" / "checkpoints"), read_only=True)
+  with ckpts:
+    assert ckpts.config(1)["g_upsample"] == "transpose"
+  train.train_and_evaluate(tiny_config(num_train_steps=2), str(tmp_path / "t"))
 
 
 def test_the_schedule_counts_epochs_where_the_config_says_minus_one():

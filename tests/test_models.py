@@ -39,6 +39,37 @@ def test_layer_shapes():
   assert out.shape == (2, 96, 96, 3) and float(jnp.abs(out).max()) <= 1.0
 
 
+def test_resize_generator_keeps_the_layer_sizes_with_3x3_convolutions():
+  g = models.Generator(upsample="resize")
+  z = jnp.zeros((2, 100))
+  gv = g.init(jax.random.key(0), z)
+  kernels = {k: v["kernel"].shape for k, v in gv["params"].items() if "kernel" in v}
+  assert kernels == {"convt0": (4, 4, 512, 100), "conv1": (3, 3, 512, 256),
+                     "conv2": (3, 3, 256, 128), "conv3": (3, 3, 128, 64), "conv4": (3, 3, 64, 3)}
+  assert _layer_shapes(g, gv, z) == [  # conv1..conv4, then convt0
+      (2, 8, 8, 256), (2, 16, 16, 128), (2, 32, 32, 64), (2, 96, 96, 3), (2, 4, 4, 512)]
+  # 4*4*512*100 + 9*(512*256 + 256*128 + 128*64 + 64*3) + BatchNorm's 2*(512+256+128+64)
+  assert models.count_params(gv["params"]) == 2_371_136
+
+
+def _from_a_flat_4px_map(upsample):
+  """The middle of G's image (eval mode) when its 4 px map is the same at every pixel."""
+  g = models.Generator(ngf=8, upsample=upsample)
+  v = g.init(jax.random.key(0), jnp.zeros((1, 100)))
+  k = v["params"]["convt0"]["kernel"]
+  params = {**v["params"], "convt0": {"kernel": jnp.broadcast_to(k[:1, :1], k.shape)}}
+  z = jax.random.normal(jax.random.key(1), (1, 100))
+  out = np.asarray(g.apply({**v, "params": params}, z, train=False))[0]
+  return out[30:66, 30:66]  # zero padding reaches 22 px in from the edge through resize G
+
+
+def test_resize_upsampling_leaves_no_checkerboard_where_strided_kernels_do():
+  flat, grid = _from_a_flat_4px_map("resize"), _from_a_flat_4px_map("transpose")
+  assert np.abs(flat).max() > 1e-3             # not a dead net
+  assert flat.std(axis=(0, 1)).max() < 1e-6    # a flat map stays flat
+  assert grid.std(axis=(0, 1)).max() > 1e-3    # the ConvTransposes stamp a pattern on it
+
+
 def test_init_distribution():
   # 'pytorch' (default, the original's): U(+-1/sqrt(fan_in)) with torch's fan_in.
   g = models.Generator().init(jax.random.key(0), jnp.zeros((1, 100)))["params"]

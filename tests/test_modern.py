@@ -105,7 +105,7 @@ def test_the_modern_switches_train_with_every_wrapper_dtype_and_call_length(
     kind, dtype, per_call):
   config = tiny_config(loss="hinge", d_spectral_norm=True, d_batch_norm=False,
                        diffaugment="color,translation,cutout", lr_d=4e-4, ema_decay=0.99,
-                       parallel=kind, dtype=dtype, steps_per_call=per_call,
+                       g_upsample="resize", parallel=kind, dtype=dtype, steps_per_call=per_call,
                        log_every=2, plot_every=2, num_train_steps=4, save_every_steps=2)
   config_lib.validate(config, device_count=1)
   old, new, m = _one_call(config, per_call)
@@ -113,7 +113,8 @@ def test_the_modern_switches_train_with_every_wrapper_dtype_and_call_length(
   assert all(np.isfinite(v) for v in m.values())
   # At init D's scores are near 0: each hinge term is near 1.
   assert 1.5 < m["loss_d"] < 2.5 and abs(m["loss_g"]) < 0.5
-  assert not np.array_equal(old.g.params["convt0"]["kernel"], new.g.params["convt0"]["kernel"])
+  for name in ("convt0", "conv1", "conv4"):  # resize G's dense layer and its convolutions
+    assert not np.array_equal(old.g.params[name]["kernel"], new.g.params[name]["kernel"])
   assert not np.array_equal(old.d.params["conv0"]["kernel"], new.d.params["conv0"]["kernel"])
   u_old = old.d.batch_stats["conv1_sn"]["conv1/kernel/u"]
   assert not np.array_equal(u_old, new.d.batch_stats["conv1_sn"]["conv1/kernel/u"])

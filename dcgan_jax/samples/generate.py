@@ -45,7 +45,8 @@ def load_models(config, workdir: str) -> Models:
                        "(generate ranks G's samples with D).")
     from dcgan_jax.pytorch import original  # noqa: PLC0415
     cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.d_spectral_norm, cfg.d_batch_norm = False, True  # the original's D
+    cfg.d_spectral_norm, cfg.d_batch_norm = False, True  # the original's nets
+    cfg.g_upsample = "transpose"
     g_vars, cfg.nz, cfg.ngf = original.load_netg(config.torch_netg)
     d_vars, cfg.ndf = original.load_netd(config.torch_netd)
     source = f"{config.torch_netg} + {config.torch_netd}"
@@ -104,8 +105,12 @@ def export_torch(m: Models, workdir: str) -> str:
   """Writes ``m``'s nets as ``netg.pth`` / ``netd.pth`` in ``workdir``; returns netg's path.
 
   D is written when it is the original's (BatchNorm, no spectral norm): the
-  original code has no place for another D.
+  original code has no place for another D, nor for a resize-convolution G.
   """
+  if m.config.g_upsample != "transpose":
+    raise ConfigError(f"{m.source} was trained with g_upsample={m.config.g_upsample!r}: "
+                      "the original's netg.pth has only ConvTranspose layers. Export a run "
+                      "trained with g_upsample='transpose'.")
   from dcgan_jax.pytorch import original  # noqa: PLC0415
   g_path = fs.join(workdir, "netg.pth")
   original.save_netg(g_path, m.g_variables)
