@@ -55,8 +55,10 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   Returns:
     {'imgs_per_s', 'ms_per_step', 'first_call_s', 'loss_d', 'loss_g',
-     'page_faults_per_step', 'sys_s_per_step'}, timed after compilation with
-    ``block_until_ready``; per step means per iteration.
+     'page_faults_per_step', 'sys_s_per_step', 'programs'}, timed after
+    compilation with ``block_until_ready``; per step means per iteration;
+    'programs': how many compiled programs the calls ran (on CPU, one per
+    pattern of D, G and R1 turns met).
   """
   import resource  # noqa: PLC0415
   import time  # noqa: PLC0415
@@ -67,10 +69,13 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
 
   state, step = build_step(config)
   batch = step.runner.put_batch(random_batch(config, seed))
+  done = 0  # the loop's step count: which of D, G and R1 a call runs follows it
 
   def run(n, state):
+    nonlocal done
     for _ in range(n):
-      state, summary = step.call(state, step.empty, batch, None, 0)
+      state, summary = step.call(state, step.empty, batch, None, done)
+      done += config.steps_per_call
     jax.block_until_ready((state, summary))
     return state, summary
 
@@ -87,4 +92,4 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
           "ms_per_step": 1000 * dt / iterations, "first_call_s": first,
           "page_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / iterations,
           "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / iterations,
-          "loss_d": m["loss_d"], "loss_g": m["loss_g"]}
+          "loss_d": m["loss_d"], "loss_g": m["loss_g"], "programs": len(step.call.programs)}

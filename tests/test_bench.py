@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_config
 
 
 def _run(args, timeout=600):
@@ -80,3 +80,14 @@ def test_bench_loops_stand_in_synthetic_faces_for_a_missing_folder_only(tmp_path
   assert train_loop.loop_config("demo", 8, dataset="tfds:faces").dataset == "tfds:faces"
   with pytest.raises(SystemExit, match="no such folder"):
     train_loop.loop_config("demo", 8, synthetic_if_missing=False, dataset=missing)
+
+
+def test_the_isolated_step_runs_the_turns_the_loop_meets(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # build_step adds flags
+  monkeypatch.syspath_prepend(ROOT)
+  from bench import common  # noqa: PLC0415
+
+  # R1 at D's even updates: a step timed at every count meets both programs,
+  # one timed at count 0 over and over only the R1 step.
+  r = common.time_step(tiny_config(r1_gamma=1.0, r1_every=2), steps=2, warmup=1)
+  assert r["programs"] == 2 and r["ms_per_step"] > 0, r

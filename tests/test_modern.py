@@ -165,15 +165,16 @@ def test_the_modern_config_is_the_original_with_the_study_s_switches():
   assert (modern.batch_size, modern.nz, modern.ngf, modern.ndf) == (256, 100, 64, 64)
 
 
-def test_the_cpu_config_is_the_original_at_quarter_width_and_batch_64():
+def test_the_cpu_config_is_the_original_at_quarter_width_with_r1_and_an_ema():
   original, cpu = load_config("anime"), load_config("anime_cpu")
   config_lib.validate(cpu, device_count=1)
   changed = {k for k in original if original[k] != cpu[k]}
   assert changed == {"ngf", "ndf", "batch_size", "num_train_steps", "log_every",
-                     "plot_every", "save_every_steps", "fid"}, changed
-  assert (cpu.ngf, cpu.ndf, cpu.batch_size, cpu.num_train_steps) == (16, 16, 64, 15000)
+                     "plot_every", "save_every_steps", "fid", "r1_gamma", "ema_kimg"}, changed
+  assert (cpu.ngf, cpu.ndf, cpu.batch_size, cpu.num_train_steps) == (16, 16, 64, 12500)
   assert (cpu.image_size, cpu.nz, cpu.lr_g, cpu.lr_d) == (96, 100, 2e-4, 2e-4)
-  assert (cpu.diffaugment, cpu.ema_kimg, cpu.ema_decay, cpu.r1_gamma) == ("", 0.0, 0.0, 0.0)
+  assert (cpu.r1_gamma, cpu.r1_every, cpu.ema_kimg, cpu.ema_decay) == (0.03, 16, 10.0, 0.0)
+  assert cpu.diffaugment == "" and cpu.loss == "bce"
   assert cpu.num_train_steps % cpu.save_every_steps == 0 and cpu.fid.eval_every == 0
 
 
