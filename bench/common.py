@@ -51,7 +51,7 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
   """Times the project's step on a fixed random batch already on the devices.
 
   One call runs ``config.steps_per_call`` iterations; ``steps`` and ``warmup``
-  count calls.
+  count calls, and the warm-up covers at least one period of D, G and R1 turns.
 
   Returns:
     {'imgs_per_s', 'ms_per_step', 'first_call_s', 'loss_d', 'loss_g',
@@ -60,6 +60,7 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
     'programs': how many compiled programs the calls ran (on CPU, one per
     pattern of D, G and R1 turns met).
   """
+  import math  # noqa: PLC0415
   import resource  # noqa: PLC0415
   import time  # noqa: PLC0415
 
@@ -82,6 +83,11 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
   t0 = time.perf_counter()
   state, summary = run(1, state)
   first = time.perf_counter() - t0
+  # Every pattern of D, G and R1 turns compiles before the clock starts: warm up
+  # over at least one period of them (on CPU each pattern is its own program).
+  period = math.lcm(config.d_every, config.g_every, config.steps_per_call,
+                    config.d_every * config.r1_every if config.r1_gamma > 0 else 1)
+  warmup = max(warmup, period // config.steps_per_call)
   state, summary = run(warmup, state) if warmup else (state, summary)
   r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
   state, summary = run(steps, state)
