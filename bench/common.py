@@ -83,11 +83,10 @@ def time_step(config, steps: int, warmup: int, seed: int = 0) -> dict:
   t0 = time.perf_counter()
   state, summary = run(1, state)
   first = time.perf_counter() - t0
-  # Every pattern of D, G and R1 turns compiles before the clock starts: warm up
-  # over at least one period of them (on CPU each pattern is its own program).
-  period = math.lcm(config.d_every, config.g_every, config.steps_per_call,
-                    config.d_every * config.r1_every if config.r1_gamma > 0 else 1)
-  warmup = max(warmup, period // config.steps_per_call)
+  # Every pattern of D, G and R1 turns compiles before the clock starts (on CPU
+  # each pattern is its own program): warm up over one period of the calls.
+  k = config.steps_per_call
+  warmup = max(warmup, math.lcm(step.call.period, k) // k)
   state, summary = run(warmup, state) if warmup else (state, summary)
   r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
   state, summary = run(steps, state)

@@ -11,6 +11,7 @@ pass updates BatchNorm's running statistics.
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable
 
@@ -209,7 +210,7 @@ def make_train_call(config, runner: parallel.Runner) -> Callable:
 
     def call(state, summary, batch, images, step):
       return mapped(state, summary, batch, images)
-    call.programs = {None: mapped}
+    call.programs, call.period = {None: mapped}, 1
     return call
 
   # XLA:CPU runs the step ~20x slower inside a loop (even a lax.scan of one
@@ -229,6 +230,9 @@ def make_train_call(config, runner: parallel.Runner) -> Callable:
       programs[turns] = runner.compile(functools.partial(iterations, turns=turns), roles)
     return programs[turns](state, summary, batch, images)
   call.programs = programs  # the compiled programs so far (bench/profile_step.py)
+  # Steps after which turn(k) repeats: benchmarks warm up over one period.
+  call.period = math.lcm(config.d_every, config.g_every,
+                         config.d_every * config.r1_every if config.r1_gamma > 0 else 1)
   return call
 
 
